@@ -1,0 +1,393 @@
+//! Token verification. A refused token is refused for a reason the server logs
+//! ([`VerifyError`]); the client is only ever told `unauthenticated`.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use parley_common::config::{ConfigError, Env, Secret};
+use parley_common::domain::UserId;
+use serde::Deserialize;
+
+/// The kinds of token `AUTH_TOKEN_KINDS` can switch on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// JWTs signed with HS256 and `AUTH_SECRET`.
+    Hs256,
+}
+
+impl TokenKind {
+    fn parse(raw: &str) -> Result<Self, String> {
+        match raw {
+            "hs256" => Ok(TokenKind::Hs256),
+            other => Err(format!("unknown token kind {other:?} (known: hs256)")),
+        }
+    }
+}
+
+/// What the verifier needs, read from `AUTH_TOKEN_KINDS` and `AUTH_SECRET`.
+#[derive(Debug, Clone)]
+pub struct VerifierConfig {
+    pub kinds: HashSet<TokenKind>,
+    pub secret: Option<Secret>,
+    /// Tokens longer than this are refused before any parsing.
+    pub max_token_bytes: usize,
+    /// Clock skew forgiven on `exp`, in seconds.
+    pub leeway_secs: u64,
+}
+
+/// The shortest `AUTH_SECRET` accepted: shorter secrets can be brute-forced offline.
+pub const MIN_SECRET_BYTES: usize = 16;
+
+impl VerifierConfig {
+    pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let raw = env.string_or("AUTH_TOKEN_KINDS", "hs256");
+        let kinds = raw
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(TokenKind::parse)
+            .collect::<Result<HashSet<_>, _>>()
+            .map_err(|reason| ConfigError::Invalid {
+                name: "AUTH_TOKEN_KINDS",
+                reason,
+            })?;
+        if kinds.is_empty() {
+            return Err(ConfigError::Invalid {
+                name: "AUTH_TOKEN_KINDS",
+                reason: "no token kind is switched on".into(),
+            });
+        }
+        let secret = env.secret("AUTH_SECRET");
+        if kinds.contains(&TokenKind::Hs256) {
+            match &secret {
+                None => {
+                    return Err(ConfigError::Missing {
+                        name: "AUTH_SECRET",
+                    });
+                }
+                Some(s) if s.expose().len() < MIN_SECRET_BYTES => {
+                    return Err(ConfigError::Invalid {
+                        name: "AUTH_SECRET",
+                        reason: format!("must be at least {MIN_SECRET_BYTES} bytes"),
+                    });
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(Self {
+            kinds,
+            secret,
+            max_token_bytes: Self::DEFAULT_MAX_TOKEN_BYTES,
+            leeway_secs: 5,
+        })
+    }
+}
+
+/// A token that passed: who it speaks for and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user_id: UserId,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: i64,
+}
+
+/// Why a token was refused. Logged by the server; never shown to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("no token was presented")]
+    Missing,
+    #[error("token is larger than {max} bytes")]
+    Oversized { max: usize },
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    #[error("algorithm {0} is not accepted")]
+    AlgorithmNotAllowed(String),
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token has no {0} claim")]
+    MissingClaim(String),
+    #[error("token subject is not a valid user id: {0}")]
+    BadSubject(String),
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    exp: Option<i64>,
+}
+
+/// Verifies tokens of the kinds switched on. Cheap to share behind an `Arc`.
+pub struct Verifier {
+    hs256: Option<(DecodingKey, Validation)>,
+    max_token_bytes: usize,
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("hs256", &self.hs256.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    pub fn new(config: &VerifierConfig) -> Self {
+        let hs256 = config
+            .kinds
+            .contains(&TokenKind::Hs256)
+            .then(|| {
+                config.secret.as_ref().map(|secret| {
+                    let mut v = Validation::new(Algorithm::HS256);
+                    v.algorithms = vec![Algorithm::HS256];
+                    v.set_required_spec_claims(&["exp", "sub"]);
+                    v.validate_exp = true;
+                    v.validate_aud = false;
+                    v.leeway = config.leeway_secs;
+                    (DecodingKey::from_secret(secret.expose().as_bytes()), v)
+                })
+            })
+            .flatten();
+        Self {
+            hs256,
+            max_token_bytes: config.max_token_bytes,
+        }
+    }
+
+    /// Checks a token and names the user it speaks for.
+    pub fn verify(&self, token: &str) -> Result<Verified, VerifyError> {
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(VerifyError::Missing);
+        }
+        if token.len() > self.max_token_bytes {
+            return Err(VerifyError::Oversized {
+                max: self.max_token_bytes,
+            });
+        }
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            // An algorithm jsonwebtoken does not know (`none` among them) fails header parsing.
+            match alg_of(token) {
+                Some(alg) if alg != "HS256" => VerifyError::AlgorithmNotAllowed(alg),
+                _ => VerifyError::Malformed(e.to_string()),
+            }
+        })?;
+        let (key, validation) = match (&self.hs256, header.alg) {
+            (Some(hs), Algorithm::HS256) => hs,
+            (_, alg) => return Err(VerifyError::AlgorithmNotAllowed(format!("{alg:?}"))),
+        };
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => VerifyError::Expired,
+                ErrorKind::InvalidSignature => VerifyError::BadSignature,
+                ErrorKind::MissingRequiredClaim(c) => VerifyError::MissingClaim(c.clone()),
+                ErrorKind::InvalidAlgorithm => {
+                    VerifyError::AlgorithmNotAllowed(format!("{:?}", header.alg))
+                }
+                _ => VerifyError::Malformed(e.to_string()),
+            })?;
+        let Claims { sub, exp } = data.claims;
+        let sub = sub.ok_or_else(|| VerifyError::MissingClaim("sub".into()))?;
+        let exp = exp.ok_or_else(|| VerifyError::MissingClaim("exp".into()))?;
+        let user_id = UserId::parse(&sub).map_err(|_| VerifyError::BadSubject(truncate(&sub)))?;
+        Ok(Verified { user_id, exp })
+    }
+}
+
+/// The `alg` of a token's header, read without trusting it, for the log.
+fn alg_of(token: &str) -> Option<String> {
+    use base64_decode::decode_segment;
+    token
+        .split('.')
+        .next()
+        .and_then(decode_segment)
+        .and_then(|h| serde_json::from_slice::<serde_json::Value>(&h).ok())
+        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(truncate))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(40).collect()
+}
+
+mod base64_decode {
+    /// Decodes one base64url segment (no padding), as in a JWT.
+    pub fn decode_segment(s: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(s.len() * 3 / 4);
+        let mut buf = 0u32;
+        let mut bits = 0;
+        for c in s.bytes() {
+            let v = match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'-' => 62,
+                b'_' => 63,
+                b'=' => break,
+                _ => return None,
+            };
+            buf = (buf << 6) | u32::from(v);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((buf >> bits) as u8);
+                buf &= (1 << bits) - 1;
+            }
+        }
+        Some(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    const SECRET: &str = "a-test-secret-of-enough-length";
+
+    fn verifier() -> Verifier {
+        let env = Env::from_pairs([("AUTH_SECRET", SECRET), ("AUTH_TOKEN_KINDS", "hs256")]);
+        Verifier::new(&VerifierConfig::from_env(&env).unwrap())
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn sign(claims: serde_json::Value, secret: &str) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_valid_token_names_its_user() {
+        let exp = now() + 60;
+        let v = verifier().verify(&sign(json!({"sub": "alice", "exp": exp}), SECRET));
+        assert_eq!(
+            v.unwrap(),
+            Verified {
+                user_id: UserId::parse("alice").unwrap(),
+                exp
+            }
+        );
+    }
+
+    #[test]
+    fn a_token_signed_with_another_secret_is_refused() {
+        let t = sign(
+            json!({"sub": "alice", "exp": now() + 60}),
+            "another-secret-entirely!!",
+        );
+        assert_eq!(verifier().verify(&t), Err(VerifyError::BadSignature));
+    }
+
+    #[test]
+    fn an_expired_token_is_refused() {
+        let t = sign(json!({"sub": "alice", "exp": now() - 60}), SECRET);
+        assert_eq!(verifier().verify(&t), Err(VerifyError::Expired));
+    }
+
+    #[test]
+    fn a_token_without_exp_is_refused() {
+        let t = sign(json!({"sub": "alice"}), SECRET);
+        assert_eq!(
+            verifier().verify(&t),
+            Err(VerifyError::MissingClaim("exp".into()))
+        );
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let header = b64(br#"{"alg":"none","typ":"JWT"}"#);
+        let claims = b64(format!(r#"{{"sub":"alice","exp":{}}}"#, now() + 60).as_bytes());
+        let t = format!("{header}.{claims}.");
+        assert_eq!(
+            verifier().verify(&t),
+            Err(VerifyError::AlgorithmNotAllowed("none".into()))
+        );
+    }
+
+    #[test]
+    fn another_algorithm_is_refused_even_with_the_right_secret() {
+        let t = encode(
+            &Header::new(Algorithm::HS512),
+            &json!({"sub": "alice", "exp": now() + 60}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .unwrap();
+        assert_eq!(
+            verifier().verify(&t),
+            Err(VerifyError::AlgorithmNotAllowed("HS512".into()))
+        );
+    }
+
+    #[test]
+    fn a_subject_that_is_not_a_user_id_is_refused() {
+        let t = sign(json!({"sub": "alice.*", "exp": now() + 60}), SECRET);
+        assert!(matches!(
+            verifier().verify(&t),
+            Err(VerifyError::BadSubject(_))
+        ));
+    }
+
+    #[test]
+    fn an_oversized_token_is_refused_before_parsing() {
+        let t = "a".repeat(VerifierConfig::DEFAULT_MAX_TOKEN_BYTES + 1);
+        assert!(matches!(
+            verifier().verify(&t),
+            Err(VerifyError::Oversized { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed() {
+        assert!(matches!(
+            verifier().verify("not-a-token"),
+            Err(VerifyError::Malformed(_))
+        ));
+        assert_eq!(verifier().verify(""), Err(VerifyError::Missing));
+    }
+
+    #[test]
+    fn a_short_or_missing_secret_stops_the_start() {
+        let err = VerifierConfig::from_env(&Env::default()).unwrap_err();
+        assert_eq!(err.to_string(), "AUTH_SECRET is required but not set");
+        let err =
+            VerifierConfig::from_env(&Env::from_pairs([("AUTH_SECRET", "short")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("AUTH_SECRET is invalid"),
+            "{err}"
+        );
+        let err = VerifierConfig::from_env(&Env::from_pairs([
+            ("AUTH_SECRET", SECRET),
+            ("AUTH_TOKEN_KINDS", "hs256,magic"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("AUTH_TOKEN_KINDS"), "{err}");
+    }
+}

@@ -1,0 +1,188 @@
+//! Configuration from environment variables (DESIGN §8).
+//!
+//! Every role parses its settings once, at start, from an [`Env`]: a plain map, filled from the
+//! process environment by the binary and from literals by tests. A missing or malformed required
+//! value is an error that names the variable, and the binary exits with it.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+
+/// A snapshot of environment variables.
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+}
+
+/// A variable that is missing or cannot be parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is required but not set")]
+    Missing { name: &'static str },
+    #[error("{name} is invalid: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+impl Env {
+    /// The process environment, read once.
+    pub fn from_process() -> Self {
+        Self {
+            vars: std::env::vars().collect(),
+        }
+    }
+
+    /// A map of literals, for tests and embedding.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            vars: pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        }
+    }
+
+    /// Sets one variable, returning the changed snapshot.
+    pub fn with(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.vars.insert(name.to_owned(), value.into());
+        self
+    }
+
+    /// The raw value; an empty string counts as unset.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn required(&self, name: &'static str) -> Result<String, ConfigError> {
+        self.get(name)
+            .map(str::to_owned)
+            .ok_or(ConfigError::Missing { name })
+    }
+
+    pub fn string_or(&self, name: &'static str, default: &str) -> String {
+        self.get(name).unwrap_or(default).to_owned()
+    }
+
+    /// A parsed value, or `default` when unset.
+    pub fn parse_or<T>(&self, name: &'static str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: fmt::Display,
+    {
+        match self.get(name) {
+            None => Ok(default),
+            Some(raw) => raw
+                .trim()
+                .parse()
+                .map_err(|e: T::Err| ConfigError::Invalid {
+                    name,
+                    reason: format!("{raw:?}: {e}"),
+                }),
+        }
+    }
+
+    /// A secret value, wrapped so that it never prints.
+    pub fn secret(&self, name: &'static str) -> Option<Secret> {
+        self.get(name).map(|v| Secret(v.to_owned()))
+    }
+}
+
+/// A string that must not end up in logs: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// Settings every role needs to reach NATS.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    pub url: String,
+    /// `PARLEY_NATS_PREFIX`: the first token of every subject, stream and consumer name.
+    pub prefix: crate::subjects::Subjects,
+}
+
+impl NatsConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let prefix = env.string_or("PARLEY_NATS_PREFIX", "parley");
+        let prefix =
+            crate::subjects::Subjects::new(&prefix).map_err(|reason| ConfigError::Invalid {
+                name: "PARLEY_NATS_PREFIX",
+                reason,
+            })?;
+        Ok(Self {
+            url: env.string_or("NATS_URL", "nats://127.0.0.1:4222"),
+            prefix,
+        })
+    }
+}
+
+/// A TCP port from `name`, or `default`.
+pub fn port(env: &Env, name: &'static str, default: u16) -> Result<u16, ConfigError> {
+    env.parse_or(name, default)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_required_variable_is_named_in_the_error() {
+        let err = Env::default().required("DATABASE_URL").unwrap_err();
+        assert_eq!(err.to_string(), "DATABASE_URL is required but not set");
+    }
+
+    #[test]
+    fn a_malformed_number_is_named_with_its_value() {
+        let env = Env::from_pairs([("PORT", "eighty")]);
+        let err = port(&env, "PORT", 3000).unwrap_err();
+        assert!(
+            err.to_string().starts_with("PORT is invalid: \"eighty\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_empty_value_counts_as_unset() {
+        let env = Env::from_pairs([("PORT", "  ")]);
+        assert_eq!(port(&env, "PORT", 3000).unwrap(), 3000);
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let env = Env::from_pairs([("AUTH_SECRET", "hunter2")]);
+        let s = env.secret("AUTH_SECRET").unwrap();
+        assert_eq!(format!("{s} {s:?}"), "[redacted] [redacted]");
+        assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn a_prefix_with_a_dot_is_refused() {
+        let env = Env::from_pairs([("PARLEY_NATS_PREFIX", "a.b")]);
+        let err = NatsConfig::from_env(&env).unwrap_err();
+        assert!(err.to_string().contains("PARLEY_NATS_PREFIX"), "{err}");
+    }
+}

@@ -1,0 +1,27 @@
+//! What every Parley role shares: typed configuration from the environment, the NATS subject
+//! and stream names, the validated domain values, the wire types of the client protocol and of
+//! the NATS payloads between roles, telemetry set-up, and the small admin HTTP server.
+//!
+//! Nothing here talks to Postgres; nothing here knows about sockets.
+//!
+//! # Layout
+//! - [`config`]: parsing environment variables (from a map, so tests never touch the process
+//!   environment) into typed values, with errors that name the variable.
+//! - [`subjects`]: every NATS subject, stream and consumer name, derived from one prefix.
+//! - [`domain`]: newtypes that can only hold valid values (`UserId`, `ClientMsgId`, `Content`).
+//! - [`wire`]: the JSON shapes of DESIGN §4 and §6, and the commands carried over JetStream.
+//! - [`rpc`]: the request/reply envelope used over NATS and echoed to clients.
+//! - [`nats`]: connecting, and creating the JetStream streams idempotently.
+//! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on each role's admin port.
+//! - [`telemetry`]: logging set-up.
+//! - [`shutdown`]: the one shutdown signal (Ctrl-C or SIGTERM).
+
+pub mod admin;
+pub mod config;
+pub mod domain;
+pub mod nats;
+pub mod rpc;
+pub mod shutdown;
+pub mod subjects;
+pub mod telemetry;
+pub mod wire;

@@ -1,0 +1,101 @@
+//! Connecting to NATS and declaring the JetStream streams every role relies on.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::config::NatsConfig;
+use crate::subjects::Subjects;
+
+/// The broker's dedupe window for `Nats-Msg-Id` (DESIGN §3: at least two minutes).
+pub const DEDUPE_WINDOW: Duration = Duration::from_secs(120);
+
+/// The largest command accepted into `PARLEY_IN`: a frame is at most 64 KiB by default.
+pub const MAX_COMMAND_BYTES: i32 = 256 * 1024;
+
+/// How long a dead-lettered command is kept for an operator to look at.
+pub const DLQ_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// Connects, failing fast when the server does not answer at start; once connected the client
+/// reconnects for ever, and callers see `unavailable` meanwhile.
+pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, SetupError> {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)))
+        .max_reconnects(None)
+        .connect(cfg.url.as_str())
+        .await
+        .map_err(|e| SetupError(format!("cannot connect to NATS at {}: {e}", cfg.url)))
+}
+
+/// NATS could not be reached or a stream could not be declared; the message says which.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SetupError(pub String);
+
+/// Stream settings operators may change (`PARLEY_STREAM_REPLICAS`).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamSettings {
+    /// 1 on a single server; 3 on a production JetStream cluster.
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self { replicas: 1 }
+    }
+}
+
+/// The configuration of `PARLEY_IN`: work-queue retention (a command is gone once persistence
+/// acks it), file storage, and a dedupe window so a client's retry is dropped by the broker.
+/// `discard: new` makes a full stream refuse new sends (the client sees `unavailable`) rather than
+/// silently dropping accepted ones.
+pub fn stream_in_config(subjects: &Subjects, settings: StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subjects.stream_in(),
+        description: Some("Parley commands waiting to be persisted".into()),
+        subjects: vec![subjects.in_all()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::New,
+        duplicate_window: DEDUPE_WINDOW,
+        max_message_size: MAX_COMMAND_BYTES,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
+/// The configuration of `PARLEY_DLQ`: commands that can never succeed, kept for two weeks.
+pub fn stream_dlq_config(subjects: &Subjects, settings: StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subjects.stream_dlq(),
+        description: Some("Parley commands that can never succeed, with the reason".into()),
+        subjects: vec![subjects.dlq()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: DLQ_MAX_AGE,
+        max_bytes: 1 << 30,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
+/// Creates `PARLEY_IN` and `PARLEY_DLQ`, or brings an existing one to this configuration.
+/// Safe to call from every replica of every role at every start.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: StreamSettings,
+) -> Result<(), SetupError> {
+    for config in [
+        stream_in_config(subjects, settings),
+        stream_dlq_config(subjects, settings),
+    ] {
+        let name = config.name.clone();
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|e| SetupError(format!("cannot declare stream {name}: {e}")))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+//! Finding a request's token and verifying it (DESIGN §5): the `Authorization: Bearer` header,
+//! else the `token` query parameter. A refusal is logged with its reason and answered 401 with
+//! only `unauthenticated`.
+
+use axum::Json;
+use axum::extract::FromRequestParts;
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use parley_auth::{Verified, VerifyError};
+use parley_common::wire::{ApiError, ErrorCode};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// The user an HTTP request or upgrade speaks for.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub Verified);
+
+/// A refused request: 401 `{error: {code: "unauthenticated", ...}}`.
+#[derive(Debug)]
+pub struct Unauthenticated;
+
+impl IntoResponse for Unauthenticated {
+    fn into_response(self) -> Response {
+        let body = ApiError::new(ErrorCode::Unauthenticated, "a valid token is required");
+        (StatusCode::UNAUTHORIZED, Json(json!({ "error": body }))).into_response()
+    }
+}
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = Unauthenticated;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).or_else(|| query_token(parts));
+        let result = match token {
+            Some(t) => state.verifier.verify(&t),
+            None => Err(VerifyError::Missing),
+        };
+        match result {
+            Ok(v) => Ok(AuthUser(v)),
+            Err(reason) => {
+                tracing::info!(%reason, path = %parts.uri.path(), "refused a token");
+                Err(Unauthenticated)
+            }
+        }
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<String> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn query_token(parts: &Parts) -> Option<String> {
+    let query = parts.uri.query()?;
+    form_urlencoded_pairs(query).find_map(|(k, v)| (k == "token").then_some(v))
+}
+
+/// `a=b&c=d` pairs, percent-decoded.
+fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    query.split('&').filter_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        Some((percent_decode(k)?, percent_decode(v)?))
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_tokens_are_percent_decoded() {
+        let pairs: Vec<_> = form_urlencoded_pairs("a=1&token=x%2Ey%3D&b").collect();
+        assert_eq!(pairs[1], ("token".into(), "x.y=".into()));
+        assert_eq!(pairs[2], ("b".into(), String::new()));
+        assert!(percent_decode("%zz").is_none());
+    }
+}

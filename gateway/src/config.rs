@@ -1,0 +1,90 @@
+//! Gateway settings (DESIGN §8, §9).
+
+use std::time::Duration;
+
+use parley_auth::VerifierConfig;
+use parley_common::config::{ConfigError, Env, NatsConfig, port};
+use parley_common::domain::Content;
+use parley_common::nats::StreamSettings;
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// `PORT`: HTTP, `/ws`; 0 picks a free port (tests).
+    pub port: u16,
+    pub host: String,
+    pub nats: NatsConfig,
+    pub streams: StreamSettings,
+    pub auth: VerifierConfig,
+    pub limits: Limits,
+    /// How long shutdown waits for sockets to close after telling them to reconnect.
+    pub drain_timeout: Duration,
+}
+
+/// What one client may do (DESIGN §9).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `PARLEY_MAX_CONTENT_CHARS`, default 4,000.
+    pub max_content_chars: usize,
+    /// `PARLEY_MAX_FRAME_BYTES`, default 64 KiB: a larger frame closes the connection (1009).
+    pub max_frame_bytes: usize,
+    /// Frames queued for one socket before it counts as not reading and is dropped.
+    pub outbound_queue: usize,
+    /// Requests one socket may have in flight; past it the gateway stops reading that socket.
+    pub max_inflight: usize,
+    /// Sends per second per connection, sustained (`PARLEY_SEND_RATE`).
+    pub send_rate: f64,
+    /// Sends allowed in a burst above the rate (`PARLEY_SEND_BURST`).
+    pub send_burst: f64,
+    /// Frames refused for the rate limit in a row before the connection is closed as a flood.
+    pub flood_strikes: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_content_chars: Content::DEFAULT_MAX_CHARS,
+            max_frame_bytes: 64 * 1024,
+            outbound_queue: 256,
+            max_inflight: 64,
+            send_rate: 50.0,
+            send_burst: 200.0,
+            flood_strikes: 200,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let d = Limits::default();
+        let limits = Limits {
+            max_content_chars: env.parse_or("PARLEY_MAX_CONTENT_CHARS", d.max_content_chars)?,
+            max_frame_bytes: env.parse_or("PARLEY_MAX_FRAME_BYTES", d.max_frame_bytes)?,
+            send_rate: env.parse_or("PARLEY_SEND_RATE", d.send_rate)?,
+            send_burst: env.parse_or("PARLEY_SEND_BURST", d.send_burst)?,
+            ..d
+        };
+        if limits.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_MAX_FRAME_BYTES",
+                reason: "must be at least 1024".into(),
+            });
+        }
+        if limits.send_rate <= 0.0 || limits.send_burst < 1.0 {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_SEND_RATE",
+                reason: "rate must be positive and burst at least 1".into(),
+            });
+        }
+        Ok(Self {
+            port: port(env, "PORT", 3000)?,
+            host: env.string_or("HOST", "0.0.0.0"),
+            nats: NatsConfig::from_env(env)?,
+            streams: StreamSettings {
+                replicas: env.parse_or("PARLEY_STREAM_REPLICAS", 1)?,
+            },
+            auth: VerifierConfig::from_env(env)?,
+            limits,
+            drain_timeout: Duration::from_secs(env.parse_or("PARLEY_DRAIN_SECONDS", 20)?),
+        })
+    }
+}

@@ -1,0 +1,29 @@
+//! The edge of Parley: the only public surface. It authenticates every connection, turns client
+//! frames into typed commands, checks membership (cached), hands sends to JetStream and answers
+//! once the broker has them, asks persistence for queries, and writes delivery events to the
+//! sockets of the users connected to it (DESIGN §2, §6). It never touches Postgres.
+//!
+//! # Layout
+//! - [`config`]: settings from the environment.
+//! - [`error`]: the start-up error type.
+//! - [`auth`]: finding and verifying the token of an HTTP request or upgrade.
+//! - [`protocol`]: client frames and the typed commands they carry, validated.
+//! - [`session`]: one authenticated user's commands, whatever the transport.
+//! - [`chat`]: the persistence service's client and the membership cache.
+//! - [`fanout`]: one NATS subscription per connected user, shared by that user's sockets.
+//! - [`transport::ws`]: the plain WebSocket transport at `/ws`.
+//! - [`startup`]: [`startup::Application`], which binds, serves and drains.
+
+pub mod auth;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod fanout;
+pub mod protocol;
+pub mod session;
+pub mod startup;
+pub mod state;
+pub mod transport;
+
+pub use config::GatewayConfig;
+pub use startup::Application;

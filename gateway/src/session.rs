@@ -1,0 +1,198 @@
+//! One authenticated user's commands, whatever transport carries them. `/ws` (and Socket.IO
+//! later) only translate frames into [`Command`]s and answers back into frames.
+
+use std::time::Instant;
+
+use async_nats::jetstream::context::PublishAckFuture;
+use async_nats::jetstream::message::PublishMessage;
+use bytes::Bytes;
+use chrono::Utc;
+use futures::future::BoxFuture;
+use parley_common::domain::UserId;
+use parley_common::rpc::{self, HistoryRequest, OpenReply, OpenRequest, SyncRequest};
+use parley_common::subjects::ChatOp;
+use parley_common::wire::{ApiError, ErrorCode, SendCommand};
+use serde::Serialize;
+
+use crate::protocol::{Command, SendData, Target};
+use crate::state::AppState;
+
+/// A command's answer: the `{"ok": true, ...}` envelope, or what went wrong.
+pub type Answer = Result<Bytes, ApiError>;
+
+/// How a command is answered.
+pub enum Dispatch {
+    /// Already answered.
+    Now(Answer),
+    /// Answered when this resolves; the transport runs it without holding up the next frame.
+    Later(BoxFuture<'static, Answer>),
+}
+
+/// The reply to an accepted send.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Accepted<'a> {
+    client_msg_id: &'a str,
+    conversation_id: uuid::Uuid,
+    status: &'static str,
+}
+
+/// A per-connection token bucket for sends.
+pub struct RateLimit {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+    /// Refusals in a row.
+    pub strikes: u32,
+}
+
+impl RateLimit {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            last: Instant::now(),
+            rate,
+            burst,
+            strikes: 0,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.strikes = 0;
+            true
+        } else {
+            self.strikes += 1;
+            false
+        }
+    }
+}
+
+pub struct Session {
+    pub state: AppState,
+    pub user: UserId,
+}
+
+impl Session {
+    pub fn new(state: AppState, user: UserId) -> Self {
+        Self { state, user }
+    }
+
+    /// Handles one command. Sends are published here, in the order they arrive, so one client's
+    /// messages keep their order; the broker's acknowledgement and every query are awaited
+    /// in the returned future.
+    pub async fn dispatch(&self, command: Command) -> Dispatch {
+        match command {
+            Command::Send(data) => match self.publish(data).await {
+                Ok(later) => Dispatch::Later(later),
+                Err(e) => Dispatch::Now(Err(e)),
+            },
+            Command::Open(data) => {
+                let req = OpenRequest {
+                    user_id: self.user.clone(),
+                    participant_ids: data.participant_ids,
+                    title: data.title,
+                };
+                let state = self.state.clone();
+                Dispatch::Later(Box::pin(async move {
+                    let conversation = state.chat.open(&req).await?;
+                    Ok(rpc::encode_ok(&OpenReply { conversation }))
+                }))
+            }
+            Command::History(data) => self.query(
+                ChatOp::History,
+                HistoryRequest {
+                    user_id: self.user.clone(),
+                    conversation_id: data.conversation_id,
+                    before_seq: data.before_seq,
+                    limit: data.limit,
+                },
+            ),
+            Command::Sync(data) => self.query(
+                ChatOp::Sync,
+                SyncRequest {
+                    user_id: self.user.clone(),
+                    conversations: data.conversations,
+                    limit: data.limit,
+                },
+            ),
+        }
+    }
+
+    fn query<T: Serialize + Send + Sync + 'static>(&self, op: ChatOp, req: T) -> Dispatch {
+        let state = self.state.clone();
+        Dispatch::Later(Box::pin(async move { state.chat.call(op, &req).await }))
+    }
+
+    /// Checks membership and hands the send to JetStream; the returned future waits for the
+    /// broker's acknowledgement.
+    #[tracing::instrument(skip_all, fields(user = %self.user))]
+    async fn publish(&self, data: SendData) -> Result<BoxFuture<'static, Answer>, ApiError> {
+        let conversation_id = match &data.target {
+            Target::Conversation(id) => {
+                self.state.chat.members_for(*id, &self.user).await?;
+                *id
+            }
+            Target::User(to) => {
+                self.state
+                    .chat
+                    .open(&OpenRequest {
+                        user_id: self.user.clone(),
+                        participant_ids: vec![to.clone()],
+                        title: None,
+                    })
+                    .await?
+                    .id
+            }
+        };
+        let command = SendCommand {
+            conversation_id,
+            sender_id: self.user.clone(),
+            client_msg_id: data.client_msg_id,
+            content: data.content.into_string(),
+            accepted_at: Utc::now(),
+        };
+        let payload: Bytes = serde_json::to_vec(&command)
+            .expect("commands always serialise")
+            .into();
+        let ack: PublishAckFuture = self
+            .state
+            .js
+            .send_publish(
+                self.state.subjects.in_msg(conversation_id),
+                PublishMessage::build()
+                    .payload(payload)
+                    .message_id(command.dedupe_id()),
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot publish a send");
+                ApiError::unavailable()
+            })?;
+        let client_msg_id = command.client_msg_id;
+        Ok(Box::pin(async move {
+            match ack.await {
+                // A duplicate inside the dedupe window is the same send, already accepted.
+                Ok(_ack) => Ok(rpc::encode_ok(&Accepted {
+                    client_msg_id: client_msg_id.as_str(),
+                    conversation_id,
+                    status: "accepted",
+                })),
+                Err(e) => {
+                    tracing::warn!(error = %e, "broker did not acknowledge a send");
+                    Err(ApiError::new(
+                        ErrorCode::Unavailable,
+                        "the message was not accepted, retry with the same clientMsgId",
+                    ))
+                }
+            }
+        }))
+    }
+}

@@ -1,0 +1,125 @@
+//! Building, running and draining the gateway.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use axum::Router;
+use axum::routing::get;
+use parley_auth::Verifier;
+use parley_common::admin::Readiness;
+use parley_common::nats;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chat::ChatClient;
+use crate::config::GatewayConfig;
+use crate::error::{Error, Result};
+use crate::fanout::Fanout;
+use crate::state::{AppState, Shared};
+use crate::transport::ws;
+
+/// Sends awaiting the broker's acknowledgement, across the gateway; past it, sends wait.
+const MAX_PENDING_PUBLISH_ACKS: usize = 10_000;
+
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    nats: async_nats::Client,
+    readiness: Readiness,
+    drain_timeout: std::time::Duration,
+}
+
+impl Application {
+    /// Connects to NATS, declares the streams and binds the HTTP port.
+    pub async fn build(config: GatewayConfig) -> Result<Self> {
+        let client = nats::connect(&config.nats, "parley-gateway")
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(MAX_PENDING_PUBLISH_ACKS)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        nats::ensure_streams(&js, &config.nats.prefix, config.streams)
+            .await
+            .map_err(|e| Error::Nats(e.to_string()))?;
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| Error::Bind { addr, source })?;
+        let subjects = config.nats.prefix.clone();
+        let state = Arc::new(Shared {
+            chat: ChatClient::new(client.clone(), subjects.clone()),
+            fanout: Fanout::new(client.clone(), subjects.clone()),
+            verifier: Verifier::new(&config.auth),
+            subjects,
+            js,
+            limits: config.limits,
+            draining: CancellationToken::new(),
+            sockets: TaskTracker::new(),
+        });
+        let mut readiness = Readiness::default();
+        readiness.add_nats(client.clone());
+        Ok(Self {
+            listener,
+            state,
+            nats: client,
+            readiness,
+            drain_timeout: config.drain_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        self.readiness.clone()
+    }
+
+    pub fn router(state: AppState) -> Router {
+        Router::new()
+            .route("/ws", get(ws::upgrade))
+            .with_state(state)
+    }
+
+    /// Serves until `shutdown` resolves, then drains: `/readyz` turns false, no new connections
+    /// are taken, every socket is told `server:draining` (with a jittered reconnect delay) and
+    /// closed, and the sockets get up to the drain timeout to finish.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        let state = self.state.clone();
+        let readiness = self.readiness.clone();
+        let draining = state.draining.clone();
+        let addr = self.local_addr();
+        tracing::info!(%addr, "gateway listening");
+        axum::serve(self.listener, Self::router(state.clone()))
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                readiness.set_draining();
+                draining.cancel();
+            })
+            .await?;
+        state.sockets.close();
+        if tokio::time::timeout(self.drain_timeout, state.sockets.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = state.sockets.len(),
+                "drain timed out with sockets open"
+            );
+        }
+        if let Err(e) = self.nats.flush().await {
+            tracing::warn!(error = %e, "cannot flush NATS at shutdown");
+        }
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! What every handler shares, behind one `Arc`.
+
+use std::sync::Arc;
+
+use async_nats::jetstream;
+use parley_auth::Verifier;
+use parley_common::subjects::Subjects;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::chat::ChatClient;
+use crate::config::Limits;
+use crate::fanout::Fanout;
+
+pub type AppState = Arc<Shared>;
+
+pub struct Shared {
+    pub subjects: Subjects,
+    pub js: jetstream::Context,
+    pub verifier: Verifier,
+    pub chat: ChatClient,
+    pub fanout: Arc<Fanout>,
+    pub limits: Limits,
+    /// Cancelled when the gateway drains: every socket says goodbye and closes.
+    pub draining: CancellationToken,
+    /// Every socket task, so shutdown can wait for them.
+    pub sockets: TaskTracker,
+}

@@ -1,0 +1,4 @@
+//! The ways clients reach a session. Each only translates frames; the chat logic is in
+//! [`crate::session`].
+
+pub mod ws;

@@ -1,0 +1,294 @@
+//! The plain WebSocket transport at `/ws` (DESIGN §6): one JSON object per text frame,
+//! `{"type": EVENT, "id": REQ_ID?, "data": {...}}`; a request with an `id` is answered
+//! `{"type": "ack", "id": REQ_ID, "data": REPLY}`. A frame without an `id` that fails gets an
+//! `error` event instead. Bad frames never close the connection; a flood, a client that does
+//! not read, an expired token or a draining server do, with a close reason.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use parley_auth::Verified;
+use parley_common::rpc;
+use parley_common::wire::{ApiError, ErrorCode, ErrorEvent, ServerEvent};
+use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::auth::AuthUser;
+use crate::fanout::Attachment;
+use crate::protocol::{Command, Frame};
+use crate::session::{Dispatch, RateLimit, Session};
+use crate::state::AppState;
+
+/// Close codes sent to clients.
+pub mod close {
+    /// The server is shutting down or restarting: reconnect.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Flood, or a client that does not read.
+    pub const POLICY: u16 = 1008;
+    /// The access token expired and was not refreshed.
+    pub const TOKEN_EXPIRED: u16 = 4001;
+}
+
+/// How long writing one frame may take before the client counts as not reading.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the server pings.
+const PING_EVERY: Duration = Duration::from_secs(30);
+/// Silence after which a connection is dead.
+const IDLE_LIMIT: Duration = Duration::from_secs(90);
+/// How long before `exp` a client is told `token:expiring`.
+const EXPIRY_WARNING: Duration = Duration::from_secs(60);
+/// Reconnects after a drain are spread over this window.
+const RECONNECT_SPREAD_MS: u64 = 5_000;
+/// Bytes read from the socket at a time: small, so idle connections stay cheap.
+const READ_BUFFER: usize = 4 * 1024;
+
+/// `GET /ws`: authenticate, subscribe for the user, then upgrade.
+pub async fn upgrade(
+    State(state): State<AppState>,
+    AuthUser(verified): AuthUser,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if state.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+    }
+    let attachment = match state
+        .fanout
+        .attach(&verified.user_id, state.limits.outbound_queue)
+        .await
+    {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(error = %e, "refusing a connection");
+            return (StatusCode::SERVICE_UNAVAILABLE, "unavailable").into_response();
+        }
+    };
+    let max = state.limits.max_frame_bytes;
+    let tracker = state.sockets.clone();
+    ws.read_buffer_size(READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max * 4)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| tracker.track_future(run(socket, state, verified, attachment)))
+}
+
+/// Why a connection ended, for the close frame and the log.
+enum End {
+    Closed,
+    Send(u16, &'static str),
+}
+
+#[tracing::instrument(skip_all, fields(user = %verified.user_id))]
+async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachment: Attachment) {
+    tracing::debug!("socket connected");
+    let (mut sink, mut stream) = socket.split();
+    let session = Session::new(state.clone(), verified.user_id.clone());
+    let inflight = Arc::new(Semaphore::new(state.limits.max_inflight));
+    let mut rate = RateLimit::new(state.limits.send_rate, state.limits.send_burst);
+    let replies = attachment.tx.clone();
+
+    let exp = expiry_instant(verified.exp);
+    let expired = tokio::time::sleep_until(exp);
+    tokio::pin!(expired);
+    let warning = tokio::time::sleep_until(exp.checked_sub(EXPIRY_WARNING).unwrap_or(exp));
+    tokio::pin!(warning);
+    let mut warned = false;
+    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
+    let mut last_heard = Instant::now();
+
+    let end = loop {
+        tokio::select! {
+            biased;
+            () = state.draining.cancelled() => {
+                let jitter = uuid::Uuid::new_v4().as_u128() as u64 % RECONNECT_SPREAD_MS;
+                let bye = ServerEvent::ServerDraining { reconnect_after_ms: jitter }.to_json();
+                let _ = write(&mut sink, bye).await;
+                break End::Send(close::GOING_AWAY, "server draining, reconnect");
+            }
+            () = attachment.slow.cancelled() => {
+                break End::Send(close::POLICY, "too slow: events were not read");
+            }
+            () = &mut expired => break End::Send(close::TOKEN_EXPIRED, "token expired"),
+            () = &mut warning, if !warned => {
+                warned = true;
+                let ev = ServerEvent::TokenExpiring { exp: verified.exp }.to_json();
+                let _ = replies.try_send(ev);
+            }
+            out = attachment.rx.recv() => {
+                let Some(frame) = out else { break End::Closed };
+                if write(&mut sink, frame).await.is_err() {
+                    break End::Closed;
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > IDLE_LIMIT {
+                    break End::Send(close::POLICY, "no sign of life");
+                }
+                if sink.send(WsMessage::Ping(Bytes::new())).await.is_err() {
+                    break End::Closed;
+                }
+            }
+            incoming = stream.next() => {
+                last_heard = Instant::now();
+                let text = match incoming {
+                    Some(Ok(WsMessage::Text(t))) => t,
+                    Some(Ok(WsMessage::Binary(_))) => {
+                        let _ = replies.try_send(error_event(ApiError::invalid("binary frames are not supported; send JSON text"), None));
+                        continue;
+                    }
+                    Some(Ok(WsMessage::Close(_))) | None => break End::Closed,
+                    Some(Ok(_)) => continue, // ping / pong
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "socket read failed");
+                        break End::Closed;
+                    }
+                };
+                if let Some(end) = handle_frame(&session, &text, &mut rate, &inflight, &replies).await {
+                    break end;
+                }
+            }
+        }
+    };
+    if let End::Send(code, reason) = end {
+        tracing::debug!(code, reason, "closing socket");
+        let _ = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            sink.send(WsMessage::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            }))),
+        )
+        .await;
+    }
+    tracing::debug!("socket closed");
+}
+
+/// Reads one text frame and starts its command. Returns an end when the client must go.
+async fn handle_frame(
+    session: &Session,
+    text: &str,
+    rate: &mut RateLimit,
+    inflight: &Arc<Semaphore>,
+    replies: &tokio::sync::mpsc::Sender<Bytes>,
+) -> Option<End> {
+    let limits = &session.state.limits;
+    let frame = match Frame::parse(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = replies.send(error_event(e, None)).await;
+            return None;
+        }
+    };
+    if !rate.allow() {
+        if rate.strikes > limits.flood_strikes {
+            return Some(End::Send(close::POLICY, "flood: too many frames"));
+        }
+        let e = ApiError::new(ErrorCode::RateLimited, "too many requests, slow down");
+        let _ = replies
+            .send(answer_frame(frame.id.as_deref(), Err(e), None))
+            .await;
+        return None;
+    }
+    let command = match Command::parse(
+        &frame.event,
+        frame.data.as_deref(),
+        limits.max_content_chars,
+    ) {
+        Ok(c) => c,
+        Err(rejected) => {
+            let reply = answer_frame(
+                frame.id.as_deref(),
+                Err(rejected.error),
+                rejected.client_msg_id,
+            );
+            let _ = replies.send(reply).await;
+            return None;
+        }
+    };
+    let client_msg_id = match &command {
+        Command::Send(s) => Some(s.client_msg_id.as_str().to_owned()),
+        _ => None,
+    };
+    let id = frame.id;
+    match session.dispatch(command).await {
+        Dispatch::Now(answer) => {
+            let _ = replies
+                .send(answer_frame(id.as_deref(), answer, client_msg_id))
+                .await;
+        }
+        Dispatch::Later(fut) => {
+            let Ok(permit) = inflight.clone().acquire_owned().await else {
+                return Some(End::Closed);
+            };
+            let replies = replies.clone();
+            tokio::spawn(async move {
+                let answer = fut.await;
+                let _ = replies
+                    .send(answer_frame(id.as_deref(), answer, client_msg_id))
+                    .await;
+                drop(permit);
+            });
+        }
+    }
+    None
+}
+
+/// The frame that answers a request: an ack when it had an id, else an `error` event when it
+/// failed, else nothing (an empty frame, which [`write`] skips).
+fn answer_frame(
+    id: Option<&RawValue>,
+    answer: Result<Bytes, ApiError>,
+    client_msg_id: Option<String>,
+) -> Bytes {
+    match (id, answer) {
+        (Some(id), answer) => {
+            let data = answer.unwrap_or_else(|e| rpc::encode_err(&e));
+            let mut out = Vec::with_capacity(data.len() + id.get().len() + 32);
+            out.extend_from_slice(br#"{"type":"ack","id":"#);
+            out.extend_from_slice(id.get().as_bytes());
+            out.extend_from_slice(br#","data":"#);
+            out.extend_from_slice(&data);
+            out.push(b'}');
+            out.into()
+        }
+        (None, Ok(_)) => Bytes::new(),
+        (None, Err(e)) => error_event(e, client_msg_id),
+    }
+}
+
+fn error_event(e: ApiError, client_msg_id: Option<String>) -> Bytes {
+    ServerEvent::Error(ErrorEvent {
+        code: e.code,
+        message: e.message,
+        client_msg_id,
+    })
+    .to_json()
+}
+
+async fn write<S>(sink: &mut S, frame: Bytes) -> Result<(), ()>
+where
+    S: futures::Sink<WsMessage> + Unpin,
+{
+    if frame.is_empty() {
+        return Ok(());
+    }
+    let text = Utf8Bytes::try_from(frame).map_err(|_| ())?;
+    match tokio::time::timeout(WRITE_TIMEOUT, sink.send(WsMessage::Text(text))).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
+    }
+}
+
+/// The tokio instant of a Unix `exp`.
+fn expiry_instant(exp: i64) -> Instant {
+    let now_unix = chrono::Utc::now().timestamp_millis();
+    let left_ms = (exp.saturating_mul(1000) - now_unix).max(0) as u64;
+    Instant::now() + Duration::from_millis(left_ms)
+}

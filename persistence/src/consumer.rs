@@ -1,0 +1,414 @@
+//! The batch consumer of `PARLEY_IN` (DESIGN §2).
+//!
+//! Whatever commands are ready (up to the batch size) are written in one Postgres transaction:
+//! lock the conversations, find the commands already stored (a client retry after the broker's
+//! dedupe window, or a redelivery after a crash), hand each new message the next seq of its
+//! conversation, insert them all in one statement. After the commit, every participant is
+//! told, NATS is flushed, and only then are the commands acked. A crash anywhere before the
+//! ack redelivers the batch, and the second pass finds the rows and re-announces them with
+//! their original id and seq: stored once, never lost.
+//!
+//! When Postgres is down the batch is held and retried with backoff (telling the broker the work
+//! is in progress, so it is not handed to another replica), and the consumer pulls nothing new.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use parley_common::domain::Content;
+use parley_common::subjects::Subjects;
+use parley_common::wire::{ErrorCode, ErrorEvent, Message, SendCommand, ServerEvent};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::PersistenceConfig;
+use crate::error::{Error, Result};
+use crate::store::{conversations, messages};
+
+/// The largest content persistence stores, whatever a gateway let through. Gateways enforce the
+/// configured limit; this is the backstop that keeps a rogue publisher from bloating rows.
+const HARD_MAX_CONTENT_CHARS: usize = 64 * 1024;
+
+/// Header on a dead-lettered command naming why it can never succeed.
+pub const DLQ_REASON_HEADER: &str = "Parley-Dlq-Reason";
+/// Header on a dead-lettered command naming the subject it came from.
+pub const DLQ_SUBJECT_HEADER: &str = "Parley-Dlq-Subject";
+
+/// Creates the durable consumer if needed and runs it until `shutdown` is cancelled. The batch
+/// in hand when that happens is finished and acked first.
+pub async fn run(
+    config: &PersistenceConfig,
+    js: jetstream::Context,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let subjects = config.nats.prefix.clone();
+    let stream = js
+        .get_stream(subjects.stream_in())
+        .await
+        .map_err(Error::nats)?;
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(
+            &subjects.consumer_persist(),
+            pull::Config {
+                durable_name: Some(subjects.consumer_persist()),
+                description: Some("Parley persistence: writes commands to Postgres".into()),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                // -1: redeliver for ever. A command that can never succeed is dead-lettered by
+                // us with its reason; one that waits for the database must not be dropped.
+                max_deliver: -1,
+                max_ack_pending: config.max_ack_pending,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(Error::nats)?;
+    let writer = Writer {
+        js,
+        pool,
+        subjects,
+        shutdown: shutdown.clone(),
+    };
+    tracing::info!(consumer = %writer.subjects.consumer_persist(), "persistence consumer started");
+
+    let mut backoff = Backoff::default();
+    while !shutdown.is_cancelled() {
+        let messages = match consumer
+            .stream()
+            .max_messages_per_batch(config.batch_size)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull from the stream, retrying");
+                backoff.wait(&shutdown).await;
+                continue;
+            }
+        };
+        let mut batches = messages.ready_chunks(config.batch_size);
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = batches.next() => next,
+            };
+            let Some(items) = next else { break };
+            let mut batch = Vec::with_capacity(items.len());
+            for item in items {
+                match item {
+                    Ok(m) => batch.push(m),
+                    Err(e) => tracing::warn!(error = %e, "pull stream error"),
+                }
+            }
+            if !batch.is_empty() {
+                backoff.reset();
+                writer.handle(batch).await;
+            }
+        }
+        if !shutdown.is_cancelled() {
+            backoff.wait(&shutdown).await;
+        }
+    }
+    tracing::info!("persistence consumer stopped");
+    Ok(())
+}
+
+/// Exponential backoff from 100 ms to 5 s, cut short by shutdown.
+#[derive(Default)]
+struct Backoff {
+    attempt: u32,
+}
+
+impl Backoff {
+    async fn wait(&mut self, shutdown: &CancellationToken) {
+        let ms = (100u64 << self.attempt.min(6)).min(5_000);
+        self.attempt += 1;
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = tokio::time::sleep(Duration::from_millis(ms)) => {}
+        }
+    }
+
+    fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+struct Writer {
+    js: jetstream::Context,
+    pool: PgPool,
+    subjects: Subjects,
+    shutdown: CancellationToken,
+}
+
+/// A command read from the stream and checked.
+struct Parsed {
+    msg: jetstream::Message,
+    cmd: SendCommand,
+}
+
+/// What became of one command in a committed transaction.
+enum Outcome {
+    /// Stored now, or found stored before: announce it to these users.
+    Announce {
+        message: Message,
+        participants: Vec<String>,
+    },
+    /// The sender is not a member (or there is no such conversation).
+    Forbidden,
+}
+
+impl Writer {
+    /// Handles one batch from the stream: every message in it ends acked, dead-lettered, or
+    /// left for redelivery (only when shutting down during an outage).
+    async fn handle(&self, batch: Vec<jetstream::Message>) {
+        let mut parsed = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match self.parse(&msg) {
+                Ok(cmd) => parsed.push(Parsed { msg, cmd }),
+                Err(reason) => self.dead_letter(&msg, &reason).await,
+            }
+        }
+        if parsed.is_empty() {
+            return;
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            match self.write(&parsed).await {
+                Ok(outcomes) => {
+                    self.finish(&parsed, outcomes).await;
+                    return;
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(error = %e, batch = parsed.len(), "database unavailable, holding the batch");
+                    if self.shutdown.is_cancelled() {
+                        // Unacked, so the broker redelivers after ack_wait: nothing is lost.
+                        return;
+                    }
+                    for p in &parsed {
+                        let _ = p.msg.ack_with(AckKind::Progress).await;
+                    }
+                    backoff.wait(&self.shutdown).await;
+                }
+                Err(e) if parsed.len() > 1 => {
+                    // Something in the batch is at fault: write the commands one at a time so
+                    // only the faulty one is dead-lettered.
+                    tracing::warn!(error = %e, batch = parsed.len(), "batch failed, retrying one by one");
+                    for p in parsed {
+                        Box::pin(self.handle(vec![p.msg])).await;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let p = &parsed[0];
+                    tracing::error!(error = %e, "command cannot be stored");
+                    self.dead_letter(&p.msg, &format!("cannot be stored: {e}"))
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Checks a command's subject and payload.
+    fn parse(&self, msg: &jetstream::Message) -> std::result::Result<SendCommand, String> {
+        let prefix = format!("{}.in.msg.", self.subjects.prefix());
+        let Some(conversation) = msg.subject.as_str().strip_prefix(&prefix) else {
+            return Err(format!("unsupported command subject {}", msg.subject));
+        };
+        let cmd: SendCommand =
+            serde_json::from_slice(&msg.payload).map_err(|e| format!("malformed command: {e}"))?;
+        if conversation != cmd.conversation_id.to_string() {
+            return Err("subject and conversationId disagree".into());
+        }
+        Content::parse(cmd.content.clone(), HARD_MAX_CONTENT_CHARS)
+            .map_err(|e| format!("invalid content: {e}"))?;
+        Ok(cmd)
+    }
+
+    /// The transaction: one round of locks, one duplicate lookup, one insert, one update.
+    async fn write(&self, batch: &[Parsed]) -> Result<Vec<Outcome>> {
+        let mut tx = self.pool.begin().await?;
+
+        let mut ids: Vec<Uuid> = batch.iter().map(|p| p.cmd.conversation_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut locked: HashMap<Uuid, conversations::Locked> = conversations::lock(&mut tx, &ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
+
+        let senders: Vec<&str> = batch.iter().map(|p| p.cmd.sender_id.as_str()).collect();
+        let client_ids: Vec<&str> = batch.iter().map(|p| p.cmd.client_msg_id.as_str()).collect();
+        let mut known: HashMap<(String, String), Message> =
+            messages::find_by_client_ids(&mut tx, &senders, &client_ids)
+                .await?
+                .into_iter()
+                .map(|m| ((m.sender_id.clone(), m.client_msg_id.clone()), m))
+                .collect();
+
+        let now = now_micros();
+        let mut inserts: Vec<Message> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut advanced: HashMap<Uuid, i64> = HashMap::new();
+        for p in batch {
+            let cmd = &p.cmd;
+            let key = (
+                cmd.sender_id.as_str().to_owned(),
+                cmd.client_msg_id.as_str().to_owned(),
+            );
+            let participants_of =
+                |conversation: Uuid| locked.get(&conversation).map(|c| c.participant_ids.clone());
+            if let Some(existing) = known.get(&key) {
+                // Stored before: re-announce the original. A clientMsgId reused in another
+                // conversation names the original too, and goes to its sender only.
+                let participants = participants_of(existing.conversation_id)
+                    .unwrap_or_else(|| vec![key.0.clone()]);
+                outcomes.push(Outcome::Announce {
+                    message: existing.clone(),
+                    participants,
+                });
+                continue;
+            }
+            let Some(conversation) = locked.get_mut(&cmd.conversation_id) else {
+                outcomes.push(Outcome::Forbidden);
+                continue;
+            };
+            if !conversation
+                .participant_ids
+                .iter()
+                .any(|u| u == cmd.sender_id.as_str())
+            {
+                outcomes.push(Outcome::Forbidden);
+                continue;
+            }
+            conversation.last_seq += 1;
+            let message = Message {
+                id: Uuid::now_v7(),
+                conversation_id: cmd.conversation_id,
+                seq: conversation.last_seq,
+                sender_id: key.0.clone(),
+                client_msg_id: key.1.clone(),
+                content: cmd.content.clone(),
+                read_at: None,
+                created_at: now,
+                edited_at: None,
+                deleted_at: None,
+            };
+            advanced.insert(cmd.conversation_id, conversation.last_seq);
+            outcomes.push(Outcome::Announce {
+                message: message.clone(),
+                participants: conversation.participant_ids.clone(),
+            });
+            known.insert(key, message.clone());
+            inserts.push(message);
+        }
+
+        messages::insert_batch(&mut tx, &inserts).await?;
+        if !advanced.is_empty() {
+            let (ids, seqs): (Vec<Uuid>, Vec<i64>) = advanced.into_iter().unzip();
+            let at = vec![now; ids.len()];
+            conversations::advance(&mut tx, &ids, &seqs, &at).await?;
+        }
+        tx.commit().await?;
+        tracing::debug!(
+            stored = inserts.len(),
+            batch = batch.len(),
+            "batch committed"
+        );
+        Ok(outcomes)
+    }
+
+    /// After the commit: announce, flush, then ack.
+    async fn finish(&self, batch: &[Parsed], outcomes: Vec<Outcome>) {
+        let nats = self.js.client();
+        let mut forbidden = Vec::new();
+        for (p, outcome) in batch.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Announce {
+                    message,
+                    participants,
+                } => {
+                    let event: Bytes = ServerEvent::MessageNew(message).to_json();
+                    for user in &participants {
+                        if let Err(e) = nats
+                            .publish(self.subjects.out_user(user), event.clone())
+                            .await
+                        {
+                            tracing::warn!(error = %e, "cannot publish a delivery event");
+                        }
+                    }
+                }
+                Outcome::Forbidden => {
+                    let event = ServerEvent::Error(ErrorEvent {
+                        code: ErrorCode::Forbidden,
+                        message: "you are not a member of this conversation".into(),
+                        client_msg_id: Some(p.cmd.client_msg_id.as_str().to_owned()),
+                    })
+                    .to_json();
+                    let _ = nats
+                        .publish(self.subjects.out_user(p.cmd.sender_id.as_str()), event)
+                        .await;
+                    forbidden.push(p);
+                }
+            }
+        }
+        if let Err(e) = nats.flush().await {
+            tracing::warn!(error = %e, "cannot flush delivery events");
+        }
+        for p in batch {
+            if forbidden.iter().any(|f| std::ptr::eq(*f, p)) {
+                self.dead_letter(&p.msg, "sender is not a member of the conversation")
+                    .await;
+            } else if let Err(e) = p.msg.ack().await {
+                // The broker redelivers; the next pass finds the row and re-announces it.
+                tracing::warn!(error = %e, "cannot ack a stored command");
+            }
+        }
+    }
+
+    /// Moves a command that can never succeed to `{p}.dlq` with its reason, then terminates it.
+    /// If the dead-letter stream does not take it, the command is left for redelivery.
+    async fn dead_letter(&self, msg: &jetstream::Message, reason: &str) {
+        tracing::warn!(subject = %msg.subject, reason, "dead-lettering a command");
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            DLQ_REASON_HEADER,
+            reason.replace(['\r', '\n'], " ").as_str(),
+        );
+        headers.insert(DLQ_SUBJECT_HEADER, msg.subject.as_str());
+        let published = async {
+            self.js
+                .publish_with_headers(self.subjects.dlq(), headers, msg.payload.clone())
+                .await?
+                .await
+        };
+        match published.await {
+            Ok(_) => {
+                if let Err(e) = msg.ack_with(AckKind::Term).await {
+                    tracing::warn!(error = %e, "cannot terminate a dead-lettered command");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot dead-letter a command, leaving it for redelivery");
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(Duration::from_secs(5))))
+                    .await;
+            }
+        }
+    }
+}
+
+/// Now, at the precision Postgres stores, so an announced message equals the stored row.
+fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+}

@@ -1,0 +1,142 @@
+//! `messages`.
+
+use chrono::{DateTime, Utc};
+use parley_common::wire::Message;
+use sqlx::{PgConnection, PgExecutor};
+use uuid::Uuid;
+
+#[derive(sqlx::FromRow)]
+struct Row {
+    id: Uuid,
+    conversation_id: Uuid,
+    seq: i64,
+    sender_id: String,
+    client_msg_id: String,
+    content: String,
+    read_at: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    edited_at: Option<DateTime<Utc>>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+impl From<Row> for Message {
+    fn from(r: Row) -> Self {
+        Message {
+            id: r.id,
+            conversation_id: r.conversation_id,
+            seq: r.seq,
+            sender_id: r.sender_id,
+            client_msg_id: r.client_msg_id,
+            content: r.content,
+            read_at: r.read_at,
+            created_at: r.created_at,
+            edited_at: r.edited_at,
+            deleted_at: r.deleted_at,
+        }
+    }
+}
+
+/// The stored messages among `(senders[i], client_msg_ids[i])`: what a batch would duplicate.
+pub async fn find_by_client_ids(
+    conn: &mut PgConnection,
+    senders: &[&str],
+    client_msg_ids: &[&str],
+) -> sqlx::Result<Vec<Message>> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "select m.id, m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.content,
+                m.read_at, m.created_at, m.edited_at, m.deleted_at
+         from messages m
+         join unnest($1::text[], $2::text[]) as k(sender_id, client_msg_id)
+           on m.sender_id = k.sender_id and m.client_msg_id = k.client_msg_id",
+    )
+    .bind(senders)
+    .bind(client_msg_ids)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Inserts new messages in one statement, however many there are.
+pub async fn insert_batch(conn: &mut PgConnection, batch: &[Message]) -> sqlx::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut conversations = Vec::with_capacity(batch.len());
+    let mut seqs = Vec::with_capacity(batch.len());
+    let mut senders = Vec::with_capacity(batch.len());
+    let mut client_ids = Vec::with_capacity(batch.len());
+    let mut contents = Vec::with_capacity(batch.len());
+    let mut created = Vec::with_capacity(batch.len());
+    for m in batch {
+        ids.push(m.id);
+        conversations.push(m.conversation_id);
+        seqs.push(m.seq);
+        senders.push(m.sender_id.as_str());
+        client_ids.push(m.client_msg_id.as_str());
+        contents.push(m.content.as_str());
+        created.push(m.created_at);
+    }
+    sqlx::query(
+        "insert into messages (id, conversation_id, seq, sender_id, client_msg_id, content, created_at)
+         select * from unnest($1::uuid[], $2::uuid[], $3::int8[], $4::text[], $5::text[],
+                              $6::text[], $7::timestamptz[])",
+    )
+    .bind(&ids)
+    .bind(&conversations)
+    .bind(&seqs)
+    .bind(&senders)
+    .bind(&client_ids)
+    .bind(&contents)
+    .bind(&created)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Up to `limit` messages of a conversation before `before_seq`, newest first.
+pub async fn before(
+    db: impl PgExecutor<'_>,
+    conversation: Uuid,
+    before_seq: i64,
+    limit: i64,
+) -> sqlx::Result<Vec<Message>> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "select id, conversation_id, seq, sender_id, client_msg_id, content,
+                read_at, created_at, edited_at, deleted_at
+         from messages
+         where conversation_id = $1 and seq < $2
+         order by seq desc
+         limit $3",
+    )
+    .bind(conversation)
+    .bind(before_seq)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Messages after a position in each conversation, ordered by conversation then seq, at most
+/// `limit`.
+pub async fn after(
+    db: impl PgExecutor<'_>,
+    conversations: &[Uuid],
+    after_seqs: &[i64],
+    limit: i64,
+) -> sqlx::Result<Vec<Message>> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "select m.id, m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.content,
+                m.read_at, m.created_at, m.edited_at, m.deleted_at
+         from unnest($1::uuid[], $2::int8[]) as p(conversation_id, after_seq)
+         join messages m on m.conversation_id = p.conversation_id and m.seq > p.after_seq
+         order by m.conversation_id, m.seq
+         limit $3",
+    )
+    .bind(conversations)
+    .bind(after_seqs)
+    .bind(limit)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}

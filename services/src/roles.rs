@@ -1,0 +1,158 @@
+//! Building and running each role with its admin port.
+
+use std::future::Future;
+
+use anyhow::Context;
+use parley_common::admin::{self, Readiness};
+use parley_common::config::{ConfigError, Env, port};
+use parley_gateway::GatewayConfig;
+use parley_persistence::PersistenceConfig;
+use tokio_util::sync::CancellationToken;
+
+use crate::Role;
+
+/// Everything a role needs, parsed before anything starts.
+pub enum Config {
+    Gateway {
+        gateway: GatewayConfig,
+        admin_port: u16,
+    },
+    Persistence {
+        persistence: PersistenceConfig,
+        admin_port: u16,
+    },
+    All {
+        gateway: GatewayConfig,
+        persistence: PersistenceConfig,
+        admin_port: u16,
+    },
+    Migrate {
+        persistence: PersistenceConfig,
+    },
+}
+
+impl Config {
+    pub fn from_env(role: Role, env: &Env) -> Result<Self, ConfigError> {
+        let admin_port = || port(env, "ADMIN_PORT", 9100);
+        Ok(match role {
+            Role::Gateway => Config::Gateway {
+                gateway: GatewayConfig::from_env(env)?,
+                admin_port: admin_port()?,
+            },
+            Role::Persistence => Config::Persistence {
+                persistence: PersistenceConfig::from_env(env)?,
+                admin_port: admin_port()?,
+            },
+            Role::All => Config::All {
+                gateway: GatewayConfig::from_env(env)?,
+                persistence: PersistenceConfig::from_env(env)?,
+                admin_port: admin_port()?,
+            },
+            Role::Migrate => Config::Migrate {
+                persistence: PersistenceConfig::from_env(env)?,
+            },
+        })
+    }
+}
+
+/// Runs the configured role until `shutdown` resolves and it has drained.
+pub async fn run(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            stop.cancel();
+        });
+    }
+    match config {
+        Config::Migrate { persistence } => {
+            let pool = parley_persistence::db::connect(&persistence)
+                .await
+                .context("cannot connect to the database")?;
+            parley_persistence::db::migrate(&pool)
+                .await
+                .context("migrations failed")?;
+            tracing::info!("database schema is up to date");
+            Ok(())
+        }
+        Config::Gateway {
+            gateway,
+            admin_port,
+        } => {
+            let app = parley_gateway::Application::build(gateway)
+                .await
+                .context("gateway")?;
+            let admin = serve_admin(admin_port, app.readiness(), stop.clone()).await?;
+            let result = app.run_until_stopped(stop.cancelled_owned()).await;
+            admin.cancel();
+            Ok(result?)
+        }
+        Config::Persistence {
+            persistence,
+            admin_port,
+        } => {
+            let app = parley_persistence::Application::build(persistence)
+                .await
+                .context("persistence")?;
+            let admin = serve_admin(admin_port, app.readiness(), stop.clone()).await?;
+            let result = app.run_until_stopped(stop.cancelled_owned()).await;
+            admin.cancel();
+            Ok(result?)
+        }
+        Config::All {
+            gateway,
+            persistence,
+            admin_port,
+        } => {
+            let persistence = parley_persistence::Application::build(persistence)
+                .await
+                .context("persistence")?;
+            let gateway = parley_gateway::Application::build(gateway)
+                .await
+                .context("gateway")?;
+            let mut readiness = persistence.readiness();
+            readiness.merge(gateway.readiness());
+            let admin = serve_admin(admin_port, readiness, stop.clone()).await?;
+            let (g, p) = tokio::join!(
+                gateway.run_until_stopped(stop.clone().cancelled_owned()),
+                persistence.run_until_stopped(stop.clone().cancelled_owned()),
+            );
+            admin.cancel();
+            g?;
+            p?;
+            Ok(())
+        }
+    }
+}
+
+/// Serves `/healthz` and `/readyz` until the returned token is cancelled; `/readyz` turns false
+/// as soon as `stop` is.
+async fn serve_admin(
+    port: u16,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> anyhow::Result<CancellationToken> {
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .with_context(|| format!("cannot bind the admin port {port} (ADMIN_PORT)"))?;
+    tracing::info!(addr = %listener.local_addr()?, "admin listening");
+    let done = CancellationToken::new();
+    {
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            readiness.set_draining();
+        });
+    }
+    let until = done.clone();
+    tokio::spawn(async move {
+        if let Err(e) = admin::serve(listener, readiness, until.cancelled_owned()).await {
+            tracing::error!(error = %e, "admin server failed");
+        }
+    });
+    Ok(done)
+}
