@@ -78,10 +78,10 @@ impl ChatClient {
         conversation: Uuid,
         user: &UserId,
     ) -> Result<Arc<[String]>, ApiError> {
-        if let Some(members) = self.members.get(&conversation).await {
-            if members.iter().any(|m| m == user.as_str()) {
-                return Ok(members);
-            }
+        if let Some(members) = self.members.get(&conversation).await
+            && members.iter().any(|m| m == user.as_str())
+        {
+            return Ok(members);
         }
         // Not cached, or cached without this user (who may have just joined): ask.
         let raw = self

@@ -163,13 +163,12 @@ impl Fanout {
             sockets.retain(|s| s.id != id);
             sockets.is_empty()
         };
-        if empty {
-            if let Some(entry) = users.remove(user) {
-                if let Some(task) = entry.forwarder.lock().expect("forwarder lock").take() {
-                    // Dropping the subscription with the task unsubscribes at the server.
-                    task.abort();
-                }
-            }
+        if empty
+            && let Some(entry) = users.remove(user)
+            && let Some(task) = entry.forwarder.lock().expect("forwarder lock").take()
+        {
+            // Dropping the subscription with the task unsubscribes at the server.
+            task.abort();
         }
     }
 

@@ -40,7 +40,7 @@ impl PersistenceConfig {
             },
             batch_size,
             max_ack_pending: 20_000,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(env.parse_or("PARLEY_ACK_WAIT_SECONDS", 30)?),
         })
     }
 }

@@ -38,20 +38,14 @@ pub const DLQ_REASON_HEADER: &str = "Parley-Dlq-Reason";
 /// Header on a dead-lettered command naming the subject it came from.
 pub const DLQ_SUBJECT_HEADER: &str = "Parley-Dlq-Subject";
 
-/// Creates the durable consumer if needed and runs it until `shutdown` is cancelled. The batch
-/// in hand when that happens is finished and acked first.
-pub async fn run(
-    config: &PersistenceConfig,
-    js: jetstream::Context,
-    pool: PgPool,
-    shutdown: CancellationToken,
-) -> Result<()> {
-    let subjects = config.nats.prefix.clone();
+/// Creates the durable consumer replicas share, or finds it.
+pub async fn create(config: &PersistenceConfig, js: &jetstream::Context) -> Result<PullConsumer> {
+    let subjects = &config.nats.prefix;
     let stream = js
         .get_stream(subjects.stream_in())
         .await
         .map_err(Error::nats)?;
-    let consumer: PullConsumer = stream
+    stream
         .get_or_create_consumer(
             &subjects.consumer_persist(),
             pull::Config {
@@ -67,11 +61,22 @@ pub async fn run(
             },
         )
         .await
-        .map_err(Error::nats)?;
+        .map_err(Error::nats)
+}
+
+/// Runs the consumer until `shutdown` is cancelled. The batch in hand when that happens is
+/// finished and acked first.
+pub async fn run(
+    config: &PersistenceConfig,
+    consumer: PullConsumer,
+    js: jetstream::Context,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let writer = Writer {
         js,
         pool,
-        subjects,
+        subjects: config.nats.prefix.clone(),
         shutdown: shutdown.clone(),
     };
     tracing::info!(consumer = %writer.subjects.consumer_persist(), "persistence consumer started");

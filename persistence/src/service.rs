@@ -20,52 +20,81 @@ const MAX_CONCURRENT_REQUESTS: usize = 256;
 
 pub const SERVICE_NAME: &str = "parley-persistence";
 
-/// Serves the chat queries until `shutdown` is cancelled, then stops taking requests and lets
-/// those in hand finish.
-pub async fn run(ctx: ChatContext, shutdown: CancellationToken) -> Result<()> {
-    let service = ctx
-        .nats
-        .service_builder()
-        .description("Parley chat queries: open, history, sync, members")
-        .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
-        .await
-        .map_err(Error::nats)?;
-    let group = service.group(ctx.subjects.rpc_chat_group());
-    let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
-    let tracker = TaskTracker::new();
-    let mut endpoints = futures::stream::SelectAll::new();
-    for op in ChatOp::ALL {
-        let endpoint = group.endpoint(op.as_str()).await.map_err(Error::nats)?;
-        endpoints.push(endpoint.map(move |req| (op, req)).boxed());
+type Endpoints = futures::stream::SelectAll<
+    futures::stream::BoxStream<'static, (ChatOp, async_nats::service::Request)>,
+>;
+
+/// The service with its endpoints subscribed, ready to [`ChatService::run`].
+pub struct ChatService {
+    ctx: ChatContext,
+    service: async_nats::service::Service,
+    endpoints: Endpoints,
+}
+
+impl ChatService {
+    /// Registers the service and subscribes its endpoints; once this returns (and NATS is
+    /// flushed) requests find a responder.
+    pub async fn start(ctx: ChatContext) -> Result<Self> {
+        let service = ctx
+            .nats
+            .service_builder()
+            .description("Parley chat queries: open, history, sync, members")
+            .start(SERVICE_NAME, env!("CARGO_PKG_VERSION"))
+            .await
+            .map_err(Error::nats)?;
+        let group = service.group(ctx.subjects.rpc_chat_group());
+        let mut endpoints = futures::stream::SelectAll::new();
+        for op in ChatOp::ALL {
+            let endpoint = group.endpoint(op.as_str()).await.map_err(Error::nats)?;
+            endpoints.push(endpoint.map(move |req| (op, req)).boxed());
+        }
+        ctx.nats.flush().await.map_err(Error::nats)?;
+        Ok(Self {
+            ctx,
+            service,
+            endpoints,
+        })
     }
-    tracing::info!(group = %ctx.subjects.rpc_chat_group(), "chat service listening");
-    loop {
-        let (op, request) = tokio::select! {
-            () = shutdown.cancelled() => break,
-            next = endpoints.next() => match next {
-                Some(x) => x,
-                None => break,
-            },
-        };
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            break;
-        };
-        let ctx = ctx.clone();
-        tracker.spawn(async move {
-            let reply = handle(&ctx, op, &request.message.payload).await;
-            if let Err(e) = request.respond(Ok(reply)).await {
-                tracing::warn!(error = %e, op = op.as_str(), "cannot send a reply");
-            }
-            drop(permit);
-        });
+
+    /// Serves the chat queries until `shutdown` is cancelled, then stops taking requests and
+    /// lets those in hand finish.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<()> {
+        let Self {
+            ctx,
+            service,
+            mut endpoints,
+        } = self;
+        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+        let tracker = TaskTracker::new();
+        tracing::info!(group = %ctx.subjects.rpc_chat_group(), "chat service listening");
+        loop {
+            let (op, request) = tokio::select! {
+                () = shutdown.cancelled() => break,
+                next = endpoints.next() => match next {
+                    Some(x) => x,
+                    None => break,
+                },
+            };
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let ctx = ctx.clone();
+            tracker.spawn(async move {
+                let reply = handle(&ctx, op, &request.message.payload).await;
+                if let Err(e) = request.respond(Ok(reply)).await {
+                    tracing::warn!(error = %e, op = op.as_str(), "cannot send a reply");
+                }
+                drop(permit);
+            });
+        }
+        drop(endpoints);
+        tracker.close();
+        tracker.wait().await;
+        if let Err(e) = service.stop().await {
+            tracing::warn!(error = %e, "chat service did not stop cleanly");
+        }
+        Ok(())
     }
-    drop(endpoints);
-    tracker.close();
-    tracker.wait().await;
-    if let Err(e) = service.stop().await {
-        tracing::warn!(error = %e, "chat service did not stop cleanly");
-    }
-    Ok(())
 }
 
 async fn handle(ctx: &ChatContext, op: ChatOp, payload: &[u8]) -> bytes::Bytes {

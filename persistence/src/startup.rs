@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use async_nats::jetstream;
+use async_nats::jetstream::consumer::PullConsumer;
 use parley_common::admin::Readiness;
 use parley_common::nats;
 use sqlx::PgPool;
@@ -11,7 +12,8 @@ use tokio_util::sync::CancellationToken;
 use crate::chat::ChatContext;
 use crate::config::PersistenceConfig;
 use crate::error::{Error, Result};
-use crate::{consumer, db, service};
+use crate::service::ChatService;
+use crate::{consumer, db};
 
 /// The persistence role, connected and ready to run.
 pub struct Application {
@@ -19,11 +21,14 @@ pub struct Application {
     pool: PgPool,
     nats: async_nats::Client,
     js: jetstream::Context,
+    consumer: PullConsumer,
+    service: ChatService,
 }
 
 impl Application {
-    /// Connects to Postgres (and migrates it) and to NATS (and declares the streams). Fails
-    /// when either does not answer.
+    /// Connects to Postgres (and migrates it) and to NATS (declares the streams, creates the
+    /// consumer, subscribes the service's endpoints). Fails when either does not answer. Once
+    /// this returns, queries find a responder.
     pub async fn build(config: PersistenceConfig) -> Result<Self> {
         let pool = db::connect(&config).await?;
         db::migrate(&pool).await?;
@@ -34,11 +39,20 @@ impl Application {
         nats::ensure_streams(&js, &config.nats.prefix, config.streams)
             .await
             .map_err(Error::nats)?;
+        let consumer = consumer::create(&config, &js).await?;
+        let service = ChatService::start(ChatContext {
+            pool: pool.clone(),
+            nats: nats.clone(),
+            subjects: config.nats.prefix.clone(),
+        })
+        .await?;
         Ok(Self {
             config,
             pool,
             nats,
             js,
+            consumer,
+            service,
         })
     }
 
@@ -67,26 +81,23 @@ impl Application {
     /// Consumes and serves until `shutdown` resolves; then stops pulling, finishes and acks the
     /// batch in hand, and lets queries in flight answer.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
+        let Self {
+            config,
+            pool,
+            nats,
+            js,
+            consumer,
+            service,
+        } = self;
         let token = CancellationToken::new();
-        let ctx = ChatContext {
-            pool: self.pool.clone(),
-            nats: self.nats.clone(),
-            subjects: self.config.nats.prefix.clone(),
-        };
         // Whichever part ends first (shutdown, or a part failing) stops the others.
         let consumer = async {
-            let r = consumer::run(
-                &self.config,
-                self.js.clone(),
-                self.pool.clone(),
-                token.clone(),
-            )
-            .await;
+            let r = consumer::run(&config, consumer, js, pool, token.clone()).await;
             token.cancel();
             r
         };
         let service = async {
-            let r = service::run(ctx, token.clone()).await;
+            let r = service.run(token.clone()).await;
             token.cancel();
             r
         };
@@ -97,7 +108,7 @@ impl Application {
             }
         };
         let ((), consumed, served) = tokio::join!(stop, consumer, service);
-        if let Err(e) = self.nats.flush().await {
+        if let Err(e) = nats.flush().await {
             tracing::warn!(error = %e, "cannot flush NATS at shutdown");
         }
         consumed.and(served)

@@ -32,6 +32,8 @@ pub mod close {
     pub const GOING_AWAY: u16 = 1001;
     /// Flood, or a client that does not read.
     pub const POLICY: u16 = 1008;
+    /// A frame over the size limit.
+    pub const TOO_BIG: u16 = 1009;
     /// The access token expired and was not refreshed.
     pub const TOKEN_EXPIRED: u16 = 4001;
 }
@@ -44,6 +46,8 @@ const PING_EVERY: Duration = Duration::from_secs(30);
 const IDLE_LIMIT: Duration = Duration::from_secs(90);
 /// How long before `exp` a client is told `token:expiring`.
 const EXPIRY_WARNING: Duration = Duration::from_secs(60);
+/// How long the server waits for the client's half of the closing handshake.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Reconnects after a drain are spread over this window.
 const RECONNECT_SPREAD_MS: u64 = 5_000;
 /// Bytes read from the socket at a time: small, so idle connections stay cheap.
@@ -147,6 +151,9 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
                     Some(Ok(_)) => continue, // ping / pong
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "socket read failed");
+                        if is_too_big(e) {
+                            break End::Send(close::TOO_BIG, "frame too large");
+                        }
                         break End::Closed;
                     }
                 };
@@ -165,6 +172,17 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
                 reason: Utf8Bytes::from_static(reason),
             }))),
         )
+        .await;
+        // The closing handshake: read (and drop) what the client still sends until it answers
+        // the close. Dropping a socket with unread input would reset it, and the client would
+        // never see the close frame and its reason.
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, WsMessage::Close(_)) {
+                    break;
+                }
+            }
+        })
         .await;
     }
     tracing::debug!("socket closed");
@@ -284,6 +302,13 @@ where
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
     }
+}
+
+/// Whether a read failed because a frame or message was over the size limit.
+fn is_too_big(e: axum::Error) -> bool {
+    e.into_inner()
+        .downcast_ref::<tungstenite::Error>()
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
 /// The tokio instant of a Unix `exp`.

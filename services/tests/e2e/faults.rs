@@ -1,0 +1,193 @@
+//! Crashes, outages and shutdowns: nothing accepted is lost or stored twice.
+
+use std::collections::BTreeSet;
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Proxy, TestEnv, database_url_via, eventually, postgres_addr};
+
+fn seq_set(messages: &[Value]) -> BTreeSet<i64> {
+    messages
+        .iter()
+        .map(|m| m["seq"].as_i64().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn persistence_killed_mid_stream_and_restarted_stores_every_accepted_message_once() {
+    let env = TestEnv::with_settings(&[
+        ("PARLEY_SEND_RATE", "100000"),
+        ("PARLEY_SEND_BURST", "100000"),
+    ])
+    .await;
+    let persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let mut alice = env.connect(&gw, "alice").await;
+    let mut bob = env.connect(&gw, "bob").await;
+    let conv = alice.open_dm("bob").await;
+
+    const TOTAL: usize = 600;
+    let mut accepted = Vec::new();
+    for n in 0..TOTAL {
+        alice
+            .send_frame(&json!({"type": "message:send", "id": n, "data": {
+                "conversationId": conv, "clientMsgId": format!("k{n}"), "content": format!("m{n}")}}))
+            .await;
+    }
+    // Kill persistence once the first messages are through, in the middle of the stream.
+    bob.messages(&conv, 50).await;
+    persistence.kill();
+    for n in 0..TOTAL {
+        let ack = alice.wait_for(|f| f["type"] == "ack" && f["id"] == n).await;
+        if ack["data"]["ok"] == true {
+            accepted.push(n);
+        }
+    }
+    assert_eq!(
+        accepted.len(),
+        TOTAL,
+        "JetStream accepts while persistence is down"
+    );
+
+    let _persistence = env.spawn_persistence().await;
+    // Redelivered commands may be announced again (with their original seq); count distinct.
+    let mut seen = BTreeSet::new();
+    while seen.len() < TOTAL - 50 {
+        let m = bob.wait_for(|f| f["type"] == "message:new").await;
+        seen.insert(m["data"]["seq"].as_i64().unwrap());
+    }
+    let stored = env.stored(&conv).await;
+    assert_eq!(
+        stored.len(),
+        TOTAL,
+        "every accepted message stored exactly once"
+    );
+    assert_eq!(
+        stored.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=TOTAL as i64).collect::<Vec<_>>()
+    );
+    let keys: BTreeSet<_> = stored.iter().map(|r| r.2.clone()).collect();
+    assert_eq!(keys.len(), TOTAL);
+    assert!(seen.iter().all(|s| (1..=TOTAL as i64).contains(s)));
+}
+
+#[tokio::test]
+async fn with_postgres_down_sends_are_accepted_then_stored_and_delivered_when_it_returns() {
+    let env = TestEnv::new().await;
+    let proxy = Proxy::start(postgres_addr()).await;
+    let persistence = env
+        .spawn_persistence_with(
+            env.env()
+                .with("DATABASE_URL", database_url_via(&env, &proxy)),
+        )
+        .await;
+    let gw = env.spawn_gateway().await;
+    let mut alice = env.connect(&gw, "alice").await;
+    let mut bob = env.connect(&gw, "bob").await;
+    let conv = alice.open_dm("bob").await;
+    alice
+        .send_message(&conv, "before", "before the outage")
+        .await;
+    bob.messages(&conv, 1).await;
+
+    proxy.cut();
+    for n in 0..20 {
+        let ack = alice
+            .send_message(&conv, &format!("during-{n}"), &format!("during {n}"))
+            .await;
+        assert_eq!(ack["ok"], true, "accepted while Postgres is down: {ack}");
+    }
+    // Postgres really was out of reach for persistence: nothing new is stored yet.
+    assert_eq!(env.stored(&conv).await.len(), 1);
+
+    proxy.restore();
+    let got = bob.messages(&conv, 20).await;
+    assert_eq!(seq_set(&got), (2..=21).collect());
+    let stored = env.stored(&conv).await;
+    assert_eq!(
+        stored.iter().map(|r| r.0).collect::<Vec<_>>(),
+        (1..=21).collect::<Vec<_>>()
+    );
+    drop(persistence);
+}
+
+#[tokio::test]
+async fn sends_are_accepted_with_no_persistence_running_and_stored_once_it_starts() {
+    let env = TestEnv::new().await;
+    let persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let mut alice = env.connect(&gw, "alice").await;
+    let conv = alice.open_dm("bob").await;
+    persistence.stop().await;
+
+    for n in 0..10 {
+        let ack = alice.send_message(&conv, &format!("q{n}"), "queued").await;
+        assert_eq!(ack["ok"], true, "{ack}");
+    }
+    let _persistence = env.spawn_persistence().await;
+    let got = alice.messages(&conv, 10).await;
+    assert_eq!(seq_set(&got), (1..=10).collect());
+    assert_eq!(env.stored(&conv).await.len(), 10);
+}
+
+#[tokio::test]
+async fn a_draining_gateway_tells_clients_to_reconnect_and_closes() {
+    let env = TestEnv::new().await;
+    let _persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let mut alice = env.connect(&gw, "alice").await;
+    let addr = gw.addr();
+    let stopping = tokio::spawn(gw.stop());
+    let event = alice.wait_for(|f| f["type"] == "server:draining").await;
+    let after = event["data"]["reconnectAfterMs"].as_u64().expect("a delay");
+    assert!(after < 5_000, "{event}");
+    let (code, reason) = alice.closed().await;
+    assert_eq!(code, 1001, "{reason}");
+    stopping.await.unwrap();
+    // And it takes no new connections.
+    let refused = tokio_tungstenite::connect_async(format!(
+        "ws://{addr}/ws?token={}",
+        env.token("alice", 60)
+    ))
+    .await;
+    assert!(refused.is_err());
+}
+
+#[tokio::test]
+async fn a_command_that_can_never_succeed_goes_to_the_dead_letter_stream_with_its_reason() {
+    let env = TestEnv::new().await;
+    let _persistence = env.spawn_persistence().await;
+    let js = async_nats::jetstream::new(env.nats().await);
+    let conv = uuid::Uuid::now_v7();
+    js.publish(format!("{}.in.msg.{conv}", env.prefix), "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let subjects = parley_common::subjects::Subjects::new(&env.prefix).unwrap();
+    let stream = js.get_stream(subjects.stream_dlq()).await.unwrap();
+    let message = eventually(|| async {
+        stream
+            .get_last_raw_message_by_subject(&subjects.dlq())
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(&message.payload[..], b"{not json");
+    let reason = message
+        .headers
+        .get(parley_persistence::consumer::DLQ_REASON_HEADER)
+        .expect("a reason header")
+        .to_string();
+    assert!(reason.starts_with("malformed command"), "{reason}");
+    // And it left the work queue.
+    eventually(|| {
+        let (js, name) = (js.clone(), subjects.stream_in());
+        async move {
+            let mut stream = js.get_stream(name).await.ok()?;
+            (stream.info().await.ok()?.state.messages == 0).then_some(())
+        }
+    })
+    .await;
+}

@@ -1,0 +1,548 @@
+//! Test harness: each test gets its own database and its own NATS subject prefix (DESIGN §3),
+//! so tests run in parallel against one Postgres and one NATS and leave nothing behind.
+//!
+//! Every role runs on its own Tokio runtime, the way it would in its own process: killing one
+//! ([`Process::kill`]) drops its tasks and its NATS and Postgres connections at once, like a
+//! crash, while [`Process::stop`] is the graceful SIGTERM path.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use jsonwebtoken::{EncodingKey, Header};
+use parley_common::config::Env;
+use serde_json::{Value, json};
+use sqlx::{Connection, PgPool};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message as Ws;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
+
+/// How long a test waits for something that should happen before it calls it a failure.
+/// A guard against hangs, not a speed assertion.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+fn server_url() -> String {
+    std::env::var("PARLEY_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn nats_url() -> String {
+    std::env::var("PARLEY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// `url` with its database name replaced.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let slash = base.rfind('/').expect("a database URL has a path");
+    let rebuilt = format!("{}/{db}", &base[..slash]);
+    match query {
+        Some(q) => format!("{rebuilt}?{q}"),
+        None => rebuilt,
+    }
+}
+
+/// One test's private world: a database, a subject prefix, and the roles it starts.
+pub struct TestEnv {
+    pub db_name: String,
+    pub database_url: String,
+    pub prefix: String,
+    pub nats_url: String,
+    pub pool: PgPool,
+    extra: Vec<(String, String)>,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with_settings(&[]).await
+    }
+
+    /// With extra environment settings for the roles (e.g. rate limits).
+    pub async fn with_settings(extra: &[(&str, &str)]) -> Self {
+        parley_common::telemetry::init_for_tests();
+        let id = Uuid::new_v4().simple().to_string();
+        let db_name = format!("parley_test_{}", &id[..16]);
+        let prefix = format!("t{}", &id[..16]);
+        let server = server_url();
+        let mut admin = sqlx::PgConnection::connect(&server)
+            .await
+            .expect("connect to the test Postgres server (PARLEY_TEST_DATABASE_URL)");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            r#"create database "{db_name}""#
+        )))
+        .execute(&mut admin)
+        .await
+        .expect("create the test database");
+        let database_url = with_database(&server, &db_name);
+        let pool = PgPool::connect(&database_url)
+            .await
+            .expect("connect to the test database");
+        parley_persistence::db::migrate(&pool)
+            .await
+            .expect("migrate");
+        Self {
+            db_name,
+            database_url,
+            prefix,
+            nats_url: nats_url(),
+            pool,
+            extra: extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// The environment a role of this test sees.
+    pub fn env(&self) -> Env {
+        let mut env = Env::from_pairs([
+            ("DATABASE_URL", self.database_url.as_str()),
+            ("NATS_URL", self.nats_url.as_str()),
+            ("PARLEY_NATS_PREFIX", self.prefix.as_str()),
+            ("AUTH_SECRET", SECRET),
+            ("PORT", "0"),
+            ("HOST", "127.0.0.1"),
+            ("PARLEY_ACK_WAIT_SECONDS", "3"),
+            ("PARLEY_DRAIN_SECONDS", "5"),
+        ]);
+        for (k, v) in &self.extra {
+            env = env.with(k, v.clone());
+        }
+        env
+    }
+
+    pub async fn spawn_persistence(&self) -> Process {
+        self.spawn_persistence_with(self.env()).await
+    }
+
+    pub async fn spawn_persistence_with(&self, env: Env) -> Process {
+        let config =
+            parley_persistence::PersistenceConfig::from_env(&env).expect("persistence config");
+        Process::start(move |stop| async move {
+            let app = parley_persistence::Application::build(config)
+                .await
+                .expect("build persistence");
+            (
+                None,
+                Box::pin(async move {
+                    app.run_until_stopped(stop.cancelled_owned())
+                        .await
+                        .expect("persistence run");
+                }) as RoleFuture,
+            )
+        })
+        .await
+    }
+
+    pub async fn spawn_gateway(&self) -> Process {
+        let config = parley_gateway::GatewayConfig::from_env(&self.env()).expect("gateway config");
+        Process::start(move |stop| async move {
+            let app = parley_gateway::Application::build(config)
+                .await
+                .expect("build gateway");
+            let addr = app.local_addr();
+            (
+                Some(addr),
+                Box::pin(async move {
+                    app.run_until_stopped(stop.cancelled_owned())
+                        .await
+                        .expect("gateway run");
+                }) as RoleFuture,
+            )
+        })
+        .await
+    }
+
+    /// A token for `user`, valid for `ttl_secs` (negative: already expired).
+    pub fn token(&self, user: &str, ttl_secs: i64) -> String {
+        token_with(user, ttl_secs, SECRET)
+    }
+
+    /// Connects `user` to a gateway's `/ws` with a fresh token.
+    pub async fn connect(&self, gateway: &Process, user: &str) -> WsClient {
+        WsClient::connect(gateway.addr(), &self.token(user, 3600)).await
+    }
+
+    /// A raw NATS client, for publishing behind the gateway's back.
+    pub async fn nats(&self) -> async_nats::Client {
+        async_nats::connect(&self.nats_url)
+            .await
+            .expect("connect NATS")
+    }
+
+    /// Stored messages of a conversation, in seq order: (seq, sender, clientMsgId, content).
+    pub async fn stored(&self, conversation: &str) -> Vec<(i64, String, String, String)> {
+        sqlx::query_as(
+            "select seq, sender_id, client_msg_id, content from messages
+             where conversation_id = $1::uuid order by seq",
+        )
+        .bind(conversation)
+        .fetch_all(&self.pool)
+        .await
+        .expect("read messages")
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        let db = self.db_name.clone();
+        let server = server_url();
+        let nats = self.nats_url.clone();
+        let subjects = parley_common::subjects::Subjects::new(&self.prefix).expect("prefix");
+        // A runtime of its own: Drop may run inside or outside one.
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            rt.block_on(async move {
+                // `with (force)` ends this test's own pool connections too; closing the pool
+                // here would wait on the test's runtime, which is blocked in this drop.
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&server).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        r#"drop database if exists "{db}" with (force)"#
+                    )))
+                    .execute(&mut admin)
+                    .await;
+                }
+                if let Ok(client) = async_nats::connect(&nats).await {
+                    let js = async_nats::jetstream::new(client);
+                    let _ = js.delete_stream(subjects.stream_in()).await;
+                    let _ = js.delete_stream(subjects.stream_dlq()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
+pub fn token_with(user: &str, ttl_secs: i64, secret: &str) -> String {
+    let exp = chrono::Utc::now().timestamp() + ttl_secs;
+    jsonwebtoken::encode(
+        &Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": user, "exp": exp }),
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign a token")
+}
+
+type RoleFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A role running on its own runtime, as if in its own process.
+pub struct Process {
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: CancellationToken,
+    done: Option<oneshot::Receiver<()>>,
+    addr: Option<SocketAddr>,
+}
+
+impl Process {
+    async fn start<F, Fut>(build: F) -> Process
+    where
+        F: FnOnce(CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = (Option<SocketAddr>, RoleFuture)> + Send,
+    {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("role runtime");
+        let stop = CancellationToken::new();
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let token = stop.clone();
+        runtime.spawn(async move {
+            let (addr, run) = build(token).await;
+            let _ = ready_tx.send(addr);
+            run.await;
+            let _ = done_tx.send(());
+        });
+        let addr = tokio::time::timeout(PATIENCE, ready_rx)
+            .await
+            .expect("role started in time")
+            .expect("role built");
+        Process {
+            runtime: Some(runtime),
+            stop,
+            done: Some(done_rx),
+            addr,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("this role has no HTTP address")
+    }
+
+    /// SIGTERM: drain and stop; returns when the role has finished.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(done) = self.done.take() {
+            tokio::time::timeout(PATIENCE, done)
+                .await
+                .expect("role stopped in time")
+                .expect("role finished");
+        }
+    }
+
+    /// SIGKILL: every task and connection of the role ends now.
+    pub fn kill(mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// A `/ws` client that keeps events which arrive while it waits for something else.
+pub struct WsClient {
+    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    buffered: VecDeque<Value>,
+    next_id: u64,
+    pub closed: Option<(u16, String)>,
+}
+
+impl WsClient {
+    pub async fn connect(addr: SocketAddr, token: &str) -> WsClient {
+        let url = format!("ws://{addr}/ws?token={token}");
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("ws connect");
+        WsClient {
+            ws,
+            buffered: VecDeque::new(),
+            next_id: 1,
+            closed: None,
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws.send(Ws::text(text)).await.expect("ws send");
+    }
+
+    pub async fn send_frame(&mut self, frame: &Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    /// Sends a request with a fresh id and returns the ack's `data`.
+    pub async fn request(&mut self, event: &str, data: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_frame(&json!({"type": event, "id": id, "data": data}))
+            .await;
+        let frame = self.wait_for(|f| f["type"] == "ack" && f["id"] == id).await;
+        frame["data"].clone()
+    }
+
+    /// `message:send`; returns the ack data.
+    pub async fn send_message(
+        &mut self,
+        conversation: &str,
+        client_msg_id: &str,
+        content: &str,
+    ) -> Value {
+        self.request(
+            "message:send",
+            json!({"conversationId": conversation, "clientMsgId": client_msg_id, "content": content}),
+        )
+        .await
+    }
+
+    /// Opens a DM with `other`; returns the conversation id.
+    pub async fn open_dm(&mut self, other: &str) -> String {
+        let reply = self
+            .request("conversation:open", json!({"participantIds": [other]}))
+            .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+        reply["conversation"]["id"].as_str().expect("id").to_owned()
+    }
+
+    async fn read(&mut self) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(PATIENCE, self.ws.next())
+                .await
+                .expect("a frame arrived in time");
+            match msg {
+                Some(Ok(Ws::Text(t))) => {
+                    return Some(serde_json::from_str(&t).expect("server frames are JSON"));
+                }
+                Some(Ok(Ws::Close(frame))) => {
+                    self.closed = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    return None;
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
+            }
+        }
+    }
+
+    /// Waits for the first frame matching `pred`, keeping the others for later.
+    pub async fn wait_for(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(pos) = self.buffered.iter().position(&pred) {
+            return self.buffered.remove(pos).expect("present");
+        }
+        loop {
+            let f = self
+                .read()
+                .await
+                .expect("socket closed while waiting for a frame");
+            if pred(&f) {
+                return f;
+            }
+            self.buffered.push_back(f);
+        }
+    }
+
+    /// Waits for `n` `message:new` events of `conversation` and returns their data.
+    pub async fn messages(&mut self, conversation: &str, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let f = self
+                .wait_for(|f| {
+                    f["type"] == "message:new" && f["data"]["conversationId"] == conversation
+                })
+                .await;
+            out.push(f["data"].clone());
+        }
+        out
+    }
+
+    /// Waits until the server closes the socket; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        while self.read().await.is_some() {}
+        self.closed.clone().unwrap_or((0, String::new()))
+    }
+
+    /// Whatever `message:new` events are already buffered.
+    pub fn buffered_messages(&self) -> usize {
+        self.buffered
+            .iter()
+            .filter(|f| f["type"] == "message:new")
+            .count()
+    }
+}
+
+/// A TCP proxy that can be cut, to take a dependency away from one role without stopping the
+/// shared server: cut, every connection through it is reset and new ones are refused.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(target: SocketAddr) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("proxy addr");
+        let down = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<tokio::task::AbortHandle>>> = Arc::default();
+        let task = {
+            let (down, conns) = (down.clone(), conns.clone());
+            tokio::spawn(async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if down.load(Ordering::SeqCst) {
+                        drop(inbound);
+                        continue;
+                    }
+                    let relay = tokio::spawn(async move {
+                        if let Ok(mut outbound) = TcpStream::connect(target).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    conns.lock().unwrap().push(relay.abort_handle());
+                }
+            })
+        };
+        Proxy {
+            addr,
+            down,
+            conns,
+            task,
+        }
+    }
+
+    /// The dependency goes away: open connections drop, new ones are refused.
+    pub fn cut(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    pub fn restore(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.cut();
+    }
+}
+
+/// Postgres' address, from the test server URL.
+pub fn postgres_addr() -> SocketAddr {
+    let url = server_url();
+    let after_at = url.rsplit('@').next().expect("url");
+    let hostport = after_at.split('/').next().expect("host");
+    let hostport = if hostport.contains(':') {
+        hostport.to_owned()
+    } else {
+        format!("{hostport}:5432")
+    };
+    let hostport = hostport.replace("localhost", "127.0.0.1");
+    hostport.parse().expect("Postgres host:port")
+}
+
+/// The test database's URL through `proxy`.
+pub fn database_url_via(env: &TestEnv, proxy: &Proxy) -> String {
+    let url = &env.database_url;
+    let (scheme_user, rest) = url.rsplit_once('@').expect("url with user");
+    let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+    format!("{scheme_user}@{}/{path}", proxy.addr)
+}
+
+impl WsClient {
+    pub async fn send_frame_binary(&mut self, bytes: &[u8]) {
+        self.ws
+            .send(Ws::binary(bytes.to_vec()))
+            .await
+            .expect("ws send");
+    }
+}
+
+/// Polls `check` until it returns `Some`, for state that settles asynchronously.
+pub async fn eventually<T, F, Fut>(mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the condition came true in time")
+}

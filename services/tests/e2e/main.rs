@@ -1,0 +1,8 @@
+//! End-to-end tests of the Parley pipeline against a real NATS and a real Postgres:
+//! client → gateway → JetStream → persistence → Postgres → delivery → gateway → client.
+
+mod faults;
+mod helpers;
+mod pipeline;
+mod protocol;
+mod security;

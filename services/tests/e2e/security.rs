@@ -1,0 +1,154 @@
+//! Who may connect, and who may see what.
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+use crate::helpers::{SECRET, TestEnv, WsClient, token_with};
+
+/// The HTTP status of a refused upgrade.
+async fn upgrade_status(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> u16 {
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("unexpected upgrade failure: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_expired_or_wrongly_signed_token_gets_401_at_the_upgrade() {
+    let env = TestEnv::new().await;
+    let gw = env.spawn_gateway().await;
+    let base = format!("ws://{}/ws", gw.addr());
+
+    let missing = base.clone().into_client_request().unwrap();
+    assert_eq!(upgrade_status(missing).await, 401);
+
+    let expired = format!("{base}?token={}", env.token("alice", -120))
+        .into_client_request()
+        .unwrap();
+    assert_eq!(upgrade_status(expired).await, 401);
+
+    let forged = token_with("alice", 3600, "some-other-secret-entirely-000");
+    let wrong = format!("{base}?token={forged}")
+        .into_client_request()
+        .unwrap();
+    assert_eq!(upgrade_status(wrong).await, 401);
+
+    let mut tampered = env.token("alice", 3600);
+    tampered.insert(tampered.len() - 2, 'x');
+    let tampered = format!("{base}?token={tampered}")
+        .into_client_request()
+        .unwrap();
+    assert_eq!(upgrade_status(tampered).await, 401);
+
+    let bad_sub = token_with("alice.>", 3600, SECRET);
+    let bad_sub = format!("{base}?token={bad_sub}")
+        .into_client_request()
+        .unwrap();
+    assert_eq!(upgrade_status(bad_sub).await, 401);
+
+    // The header form works, and so does the right token in it.
+    let mut ok = base.clone().into_client_request().unwrap();
+    ok.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", env.token("alice", 3600))
+            .parse()
+            .unwrap(),
+    );
+    assert_eq!(upgrade_status(ok).await, 101);
+    let mut bad = base.into_client_request().unwrap();
+    bad.headers_mut()
+        .insert("authorization", format!("Bearer {forged}").parse().unwrap());
+    assert_eq!(upgrade_status(bad).await, 401);
+}
+
+#[tokio::test]
+async fn a_non_participant_cannot_send_to_read_or_sync_a_conversation_and_learns_nothing() {
+    let env = TestEnv::new().await;
+    let _persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let mut alice = env.connect(&gw, "alice").await;
+    let mut mallory = env.connect(&gw, "mallory").await;
+    let conv = alice.open_dm("bob").await;
+    alice.send_message(&conv, "secret-1", "for bob only").await;
+    let missing = uuid::Uuid::now_v7().to_string();
+
+    for target in [&conv, &missing] {
+        let send = mallory.send_message(target, "m-1", "let me in").await;
+        let history = mallory
+            .request("message:history", json!({"conversationId": target}))
+            .await;
+        let sync = mallory
+            .request(
+                "sync",
+                json!({"conversations": [{"conversationId": target, "afterSeq": 0}]}),
+            )
+            .await;
+        for reply in [&send, &history, &sync] {
+            // An existing conversation and a made-up id read exactly the same.
+            assert_eq!(
+                reply,
+                &json!({"ok": false, "error": {"code": "forbidden", "message": "you are not a member of this conversation"}})
+            );
+        }
+    }
+    // Asking for a conversation one is in together with one one is not is refused whole.
+    let own = mallory.open_dm("trent").await;
+    let mixed = mallory
+        .request(
+            "sync",
+            json!({"conversations": [
+            {"conversationId": own, "afterSeq": 0}, {"conversationId": conv, "afterSeq": 0}]}),
+        )
+        .await;
+    assert_eq!(mixed["error"]["code"], "forbidden");
+
+    assert_eq!(
+        env.stored(&conv).await.len(),
+        1,
+        "nothing of mallory's was stored"
+    );
+    // And mallory received nothing of the conversation.
+    assert_eq!(mallory.buffered_messages(), 0);
+}
+
+#[tokio::test]
+async fn a_send_forged_straight_onto_the_stream_by_a_non_member_is_refused_by_persistence() {
+    // The gateway's membership check is a cache; persistence is the authority.
+    let env = TestEnv::new().await;
+    let _persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let mut alice = env.connect(&gw, "alice").await;
+    let mut mallory = env.connect(&gw, "mallory").await;
+    let conv = alice.open_dm("bob").await;
+    let js = async_nats::jetstream::new(env.nats().await);
+    let command = json!({"conversationId": conv, "senderId": "mallory", "clientMsgId": "sneaky",
+                         "content": "hi", "acceptedAt": chrono::Utc::now()});
+    js.publish(
+        format!("{}.in.msg.{conv}", env.prefix),
+        command.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let err = mallory.wait_for(|f| f["type"] == "error").await;
+    assert_eq!(err["data"]["code"], "forbidden");
+    assert_eq!(err["data"]["clientMsgId"], "sneaky");
+    assert!(env.stored(&conv).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_connection_is_closed_when_its_token_expires() {
+    let env = TestEnv::new().await;
+    let gw = env.spawn_gateway().await;
+    let mut alice = WsClient::connect(gw.addr(), &env.token("alice", 2)).await;
+    // Warned first (the token is already inside the warning window)...
+    let warning = alice.wait_for(|f| f["type"] == "token:expiring").await;
+    assert!(warning["data"]["exp"].as_i64().is_some());
+    // ...then closed at exp.
+    let (code, reason) = alice.closed().await;
+    assert_eq!((code, reason.as_str()), (4001, "token expired"));
+}
