@@ -31,9 +31,9 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Requests one socket may have in flight; past it the gateway stops reading that socket.
     pub max_inflight: usize,
-    /// Sends per second per connection, sustained (`PARLEY_SEND_RATE`).
+    /// Frames (requests) per second per connection, sustained (`PARLEY_SEND_RATE`).
     pub send_rate: f64,
-    /// Sends allowed in a burst above the rate (`PARLEY_SEND_BURST`).
+    /// Frames allowed in a burst above the rate (`PARLEY_SEND_BURST`).
     pub send_burst: f64,
     /// Frames refused for the rate limit in a row before the connection is closed as a flood.
     pub flood_strikes: u32,

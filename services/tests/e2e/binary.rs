@@ -1,0 +1,147 @@
+//! The `parley` binary itself: configuration errors, the admin port, graceful shutdown.
+
+use std::process::Stdio;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::helpers::{PATIENCE, SECRET, TestEnv, WsClient, eventually};
+
+fn parley() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_parley"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LOG_FORMAT", "json")
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn a_missing_or_malformed_setting_stops_the_binary_with_64_naming_it() {
+    let out = parley().arg("persistence").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DATABASE_URL is required"), "{err}");
+
+    let out = parley()
+        .arg("gateway")
+        .env("AUTH_SECRET", SECRET)
+        .env("PORT", "eighty")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("PORT is invalid"));
+
+    let out = parley().arg("gateway").output().await.unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("AUTH_SECRET"));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_the_start_with_a_clear_message() {
+    let out = parley()
+        .arg("migrate")
+        .env(
+            "DATABASE_URL",
+            format!("postgres://postgres@127.0.0.1:{}/x", free_port()),
+        )
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect to the database"), "{err}");
+}
+
+async fn spawn_all(env: &TestEnv, port: u16, admin: u16) -> Child {
+    let mut cmd = parley();
+    cmd.arg("all")
+        .env("DATABASE_URL", &env.database_url)
+        .env("NATS_URL", &env.nats_url)
+        .env("PARLEY_NATS_PREFIX", &env.prefix)
+        .env("AUTH_SECRET", SECRET)
+        .env("HOST", "127.0.0.1")
+        .env("PORT", port.to_string())
+        .env("ADMIN_PORT", admin.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("start parley all")
+}
+
+#[tokio::test]
+async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
+    let env = TestEnv::new().await;
+    let (port, admin) = (free_port(), free_port());
+    let mut child = spawn_all(&env, port, admin).await;
+    let http = reqwest::Client::new();
+    let ready = eventually(|| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://127.0.0.1:{admin}/readyz"))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(r)
+        }
+    })
+    .await;
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["checks"]["nats"], "ok", "{body}");
+    assert_eq!(body["checks"]["postgres"], "ok", "{body}");
+    let health = http
+        .get(format!("http://127.0.0.1:{admin}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+
+    // A chat through the real binary.
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut alice = WsClient::connect(addr, &env.token("alice", 600)).await;
+    let conv = alice.open_dm("bob").await;
+    alice
+        .send_message(&conv, "bin-1", "through the binary")
+        .await;
+    assert_eq!(alice.messages(&conv, 1).await[0]["seq"], 1);
+
+    // SIGTERM: the client is told to reconnect, the socket closes, the process exits 0.
+    let pid = child.id().expect("pid");
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let draining = alice.wait_for(|f| f["type"] == "server:draining").await;
+    assert!(draining["data"]["reconnectAfterMs"].is_u64());
+    assert_eq!(alice.closed().await.0, 1001);
+    let status = tokio::time::timeout(PATIENCE, child.wait())
+        .await
+        .expect("exited in time")
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    // Logs are JSON and never carry the token or the message text.
+    let mut logs = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while let Some(line) = lines.next_line().await.unwrap() {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&line).is_ok(),
+            "not JSON: {line}"
+        );
+        logs.push_str(&line);
+    }
+    assert!(logs.contains("gateway listening"), "{logs}");
+    assert!(!logs.contains("through the binary"));
+    assert!(!logs.contains(SECRET));
+}
