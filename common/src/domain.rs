@@ -89,13 +89,18 @@ pub struct Content(String);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContentError {
     Blank,
-    TooLong { max_chars: usize },
+    /// A NUL character, which Postgres text cannot hold.
+    Nul,
+    TooLong {
+        max_chars: usize,
+    },
 }
 
 impl fmt::Display for ContentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ContentError::Blank => f.write_str("content must not be empty"),
+            ContentError::Nul => f.write_str("content must not contain NUL characters"),
             ContentError::TooLong { max_chars } => {
                 write!(f, "content is longer than {max_chars} characters")
             }
@@ -110,6 +115,9 @@ impl Content {
     pub fn parse(raw: String, max_chars: usize) -> Result<Self, ContentError> {
         if raw.trim().is_empty() {
             return Err(ContentError::Blank);
+        }
+        if raw.contains('\0') {
+            return Err(ContentError::Nul);
         }
         // Cheap test first: a string of at most `max_chars` bytes has at most as many chars.
         if raw.len() > max_chars && raw.chars().count() > max_chars {
@@ -166,6 +174,11 @@ mod tests {
             Content::parse("x".repeat(4_001), 4_000),
             Err(ContentError::TooLong { max_chars: 4_000 })
         );
+    }
+
+    #[test]
+    fn nul_characters_are_refused() {
+        assert_eq!(Content::parse("a\0b".into(), 10), Err(ContentError::Nul));
     }
 
     #[test]

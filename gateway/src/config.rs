@@ -31,12 +31,15 @@ pub struct Limits {
     pub outbound_queue: usize,
     /// Requests one socket may have in flight; past it the gateway stops reading that socket.
     pub max_inflight: usize,
-    /// Frames (requests) per second per connection, sustained (`PARLEY_SEND_RATE`).
+    /// Frames (requests) per second per user, sustained (`PARLEY_SEND_RATE`).
     pub send_rate: f64,
     /// Frames allowed in a burst above the rate (`PARLEY_SEND_BURST`).
     pub send_burst: f64,
-    /// Frames refused for the rate limit in a row before the connection is closed as a flood.
+    /// Frames refused for the rate limit within ten seconds before the connection is closed as
+    /// a flood.
     pub flood_strikes: u32,
+    /// Sockets one user may hold on one gateway (`PARLEY_MAX_CONNECTIONS_PER_USER`).
+    pub max_connections_per_user: usize,
 }
 
 impl Default for Limits {
@@ -49,6 +52,7 @@ impl Default for Limits {
             send_rate: 50.0,
             send_burst: 200.0,
             flood_strikes: 200,
+            max_connections_per_user: 20,
         }
     }
 }
@@ -61,6 +65,10 @@ impl GatewayConfig {
             max_frame_bytes: env.parse_or("PARLEY_MAX_FRAME_BYTES", d.max_frame_bytes)?,
             send_rate: env.parse_or("PARLEY_SEND_RATE", d.send_rate)?,
             send_burst: env.parse_or("PARLEY_SEND_BURST", d.send_burst)?,
+            max_connections_per_user: env.parse_or(
+                "PARLEY_MAX_CONNECTIONS_PER_USER",
+                d.max_connections_per_user,
+            )?,
             ..d
         };
         if limits.max_frame_bytes < 1024 {

@@ -1,5 +1,6 @@
 //! Delivery to sockets: one NATS subscription per connected user, shared by all of that user's
-//! sockets on this gateway, reference-counted (DESIGN §2).
+//! sockets on this gateway, reference-counted (DESIGN §2). The user's entry also holds what is
+//! per user rather than per socket: the rate limit and the connection count.
 //!
 //! A delivery event's payload is already the `/ws` frame, so it is written to every socket as
 //! it came: serialised once, however many sockets receive it. Each socket has a bounded queue;
@@ -9,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -17,10 +19,17 @@ use parley_common::subjects::Subjects;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Limits;
+use crate::limits::TokenBucket;
+
+/// How long setting up a user's subscription may take before the connection is refused.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where a user's events go on this gateway.
 pub struct Fanout {
     nats: async_nats::Client,
     subjects: Subjects,
+    limits: Limits,
     users: Mutex<HashMap<UserId, Arc<UserEntry>>>,
     next_id: AtomicU64,
 }
@@ -30,6 +39,8 @@ struct UserEntry {
     /// `None` until the subscription is in place; then whether it was.
     ready: watch::Sender<Option<bool>>,
     forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The user's frames, across all their sockets here.
+    rate: Mutex<TokenBucket>,
 }
 
 struct Sink {
@@ -47,7 +58,15 @@ pub struct Attachment {
     pub slow: CancellationToken,
     /// Where the session queues its own frames (replies) for this socket.
     pub tx: mpsc::Sender<Bytes>,
+    entry: Arc<UserEntry>,
     detach: Option<(Arc<Fanout>, UserId, u64)>,
+}
+
+impl Attachment {
+    /// Takes one frame's worth of the user's rate limit.
+    pub fn allow(&self) -> bool {
+        self.entry.rate.lock().expect("rate lock").allow()
+    }
 }
 
 impl Drop for Attachment {
@@ -58,30 +77,30 @@ impl Drop for Attachment {
     }
 }
 
-/// The subscription could not be made (NATS is down).
+/// Why a socket could not be attached.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot subscribe to the user's delivery subject")]
-pub struct Unavailable;
+pub enum AttachError {
+    #[error("cannot subscribe to the user's delivery subject")]
+    Unavailable,
+    #[error("the user has too many connections on this gateway")]
+    TooManyConnections,
+}
 
 impl Fanout {
-    pub fn new(nats: async_nats::Client, subjects: Subjects) -> Arc<Self> {
+    pub fn new(nats: async_nats::Client, subjects: Subjects, limits: Limits) -> Arc<Self> {
         Arc::new(Self {
             nats,
             subjects,
+            limits,
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
         })
     }
 
-    /// Attaches a socket of `user`, with a queue of `capacity` frames. Returns once the user's
-    /// subscription is in place at the server, so no event published after this returns is
-    /// missed.
-    pub async fn attach(
-        self: &Arc<Self>,
-        user: &UserId,
-        capacity: usize,
-    ) -> Result<Attachment, Unavailable> {
-        let (tx, rx) = mpsc::channel(capacity);
+    /// Attaches a socket of `user`. Returns once the user's subscription is registered at the
+    /// NATS server, so no event published after this returns is missed.
+    pub async fn attach(self: &Arc<Self>, user: &UserId) -> Result<Attachment, AttachError> {
+        let (tx, rx) = mpsc::channel(self.limits.outbound_queue);
         let slow = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sink = Sink {
@@ -93,7 +112,12 @@ impl Fanout {
             let mut users = self.users.lock().expect("fanout lock");
             match users.get(user) {
                 Some(entry) => {
-                    entry.sockets.write().expect("sockets lock").push(sink);
+                    let mut sockets = entry.sockets.write().expect("sockets lock");
+                    if sockets.len() >= self.limits.max_connections_per_user {
+                        return Err(AttachError::TooManyConnections);
+                    }
+                    sockets.push(sink);
+                    drop(sockets);
                     (entry.clone(), false)
                 }
                 None => {
@@ -101,6 +125,10 @@ impl Fanout {
                         sockets: RwLock::new(vec![sink]),
                         ready: watch::Sender::new(None),
                         forwarder: Mutex::new(None),
+                        rate: Mutex::new(TokenBucket::new(
+                            self.limits.send_rate,
+                            self.limits.send_burst,
+                        )),
                     });
                     users.insert(user.clone(), entry.clone());
                     (entry, true)
@@ -111,16 +139,23 @@ impl Fanout {
             rx,
             slow,
             tx,
+            entry: entry.clone(),
             detach: Some((self.clone(), user.clone(), id)),
         };
         if first {
-            let ok = self.subscribe(user, &entry).await;
-            entry.ready.send_replace(Some(ok));
+            // A task of its own, so the outcome is recorded even if this caller goes away
+            // (a client that hangs up mid-upgrade); other sockets of the user wait on it.
+            let fanout = self.clone();
+            let (user, entry) = (user.clone(), entry.clone());
+            tokio::spawn(async move {
+                let ok = fanout.subscribe(&user, &entry).await;
+                entry.ready.send_replace(Some(ok));
+            });
         }
         let mut ready = entry.ready.subscribe();
-        match ready.wait_for(Option::is_some).await.map(|r| *r) {
-            Ok(Some(true)) => Ok(attachment),
-            _ => Err(Unavailable),
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, ready.wait_for(Option::is_some)).await {
+            Ok(Ok(r)) if *r == Some(true) => Ok(attachment),
+            _ => Err(AttachError::Unavailable),
         }
     }
 
@@ -133,7 +168,7 @@ impl Fanout {
                 return false;
             }
         };
-        if let Err(e) = self.nats.flush().await {
+        if let Err(e) = self.round_trip().await {
             tracing::warn!(error = %e, "cannot confirm a subscription");
             return false;
         }
@@ -152,7 +187,33 @@ impl Fanout {
             }
         });
         *entry.forwarder.lock().expect("forwarder lock") = Some(forwarder);
+        // The last socket may have gone while we subscribed: then nobody will detach again.
+        if entry.sockets.read().expect("sockets lock").is_empty()
+            && let Some(task) = entry.forwarder.lock().expect("forwarder lock").take()
+        {
+            task.abort();
+        }
         true
+    }
+
+    /// Waits until the server has processed everything this connection sent before: a message
+    /// to a fresh inbox comes back only after the server handled the commands ahead of it
+    /// (`flush` alone only empties the local buffer).
+    async fn round_trip(&self) -> Result<(), String> {
+        let inbox = self.nats.new_inbox();
+        let mut echo = self
+            .nats
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        self.nats
+            .publish(inbox, Bytes::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, echo.next()).await {
+            Ok(Some(_)) => Ok(()),
+            _ => Err("the server did not echo in time".into()),
+        }
     }
 
     fn detach(&self, user: &UserId, id: u64) {

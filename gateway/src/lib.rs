@@ -11,6 +11,7 @@
 //! - [`session`]: one authenticated user's commands, whatever the transport.
 //! - [`chat`]: the persistence service's client and the membership cache.
 //! - [`fanout`]: one NATS subscription per connected user, shared by that user's sockets.
+//! - [`limits`]: the token bucket behind the per-user rate limit.
 //! - [`transport::ws`]: the plain WebSocket transport at `/ws`.
 //! - [`startup`]: [`startup::Application`], which binds, serves and drains.
 
@@ -19,6 +20,7 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod fanout;
+pub mod limits;
 pub mod protocol;
 pub mod session;
 pub mod startup;

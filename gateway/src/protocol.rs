@@ -183,7 +183,7 @@ fn parse_send(data: Option<&RawValue>, max_content_chars: usize) -> Result<Comma
     let content = Content::parse(raw.content, max_content_chars).map_err(|e| {
         reject(match e {
             ContentError::TooLong { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
-            ContentError::Blank => ApiError::invalid(e.to_string()),
+            ContentError::Blank | ContentError::Nul => ApiError::invalid(e.to_string()),
         })
     })?;
     Ok(Command::Send(SendData {

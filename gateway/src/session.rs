@@ -1,8 +1,6 @@
 //! One authenticated user's commands, whatever transport carries them. `/ws` (and Socket.IO
 //! later) only translate frames into [`Command`]s and answers back into frames.
 
-use std::time::Instant;
-
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
 use bytes::Bytes;
@@ -35,44 +33,6 @@ struct Accepted<'a> {
     client_msg_id: &'a str,
     conversation_id: uuid::Uuid,
     status: &'static str,
-}
-
-/// A per-connection token bucket for sends.
-pub struct RateLimit {
-    tokens: f64,
-    last: Instant,
-    rate: f64,
-    burst: f64,
-    /// Refusals in a row.
-    pub strikes: u32,
-}
-
-impl RateLimit {
-    pub fn new(rate: f64, burst: f64) -> Self {
-        Self {
-            tokens: burst,
-            last: Instant::now(),
-            rate,
-            burst,
-            strikes: 0,
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn allow(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            self.strikes = 0;
-            true
-        } else {
-            self.strikes += 1;
-            false
-        }
-    }
 }
 
 pub struct Session {

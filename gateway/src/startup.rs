@@ -52,7 +52,7 @@ impl Application {
         let subjects = config.nats.prefix.clone();
         let state = Arc::new(Shared {
             chat: ChatClient::new(client.clone(), subjects.clone()),
-            fanout: Fanout::new(client.clone(), subjects.clone()),
+            fanout: Fanout::new(client.clone(), subjects.clone(), config.limits.clone()),
             verifier: Verifier::new(&config.auth),
             subjects,
             js,

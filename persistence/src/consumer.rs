@@ -9,7 +9,8 @@
 //! their original id and seq: stored once, never lost.
 //!
 //! When Postgres is down the batch is held and retried with backoff (telling the broker the work
-//! is in progress, so it is not handed to another replica), and the consumer pulls nothing new.
+//! is in progress, so it is not handed to another replica), and no new pull request is made
+//! until it is written: one pull at a time, of at most one batch.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use parley_common::domain::Content;
 use parley_common::subjects::Subjects;
 use parley_common::wire::{ErrorCode, ErrorEvent, Message, SendCommand, ServerEvent};
@@ -45,21 +46,20 @@ pub async fn create(config: &PersistenceConfig, js: &jetstream::Context) -> Resu
         .get_stream(subjects.stream_in())
         .await
         .map_err(Error::nats)?;
+    // `create_consumer` also brings an existing durable consumer's editable settings (ack wait,
+    // max ack pending) to this configuration.
     stream
-        .get_or_create_consumer(
-            &subjects.consumer_persist(),
-            pull::Config {
-                durable_name: Some(subjects.consumer_persist()),
-                description: Some("Parley persistence: writes commands to Postgres".into()),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: config.ack_wait,
-                // -1: redeliver for ever. A command that can never succeed is dead-lettered by
-                // us with its reason; one that waits for the database must not be dropped.
-                max_deliver: -1,
-                max_ack_pending: config.max_ack_pending,
-                ..Default::default()
-            },
-        )
+        .create_consumer(pull::Config {
+            durable_name: Some(subjects.consumer_persist()),
+            description: Some("Parley persistence: writes commands to Postgres".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: config.ack_wait,
+            // -1: redeliver for ever. A command that can never succeed is dead-lettered by
+            // us with its reason; one that waits for the database must not be dropped.
+            max_deliver: -1,
+            max_ack_pending: config.max_ack_pending,
+            ..Default::default()
+        })
         .await
         .map_err(Error::nats)
 }
@@ -83,11 +83,13 @@ pub async fn run(
 
     let mut backoff = Backoff::default();
     while !shutdown.is_cancelled() {
-        let messages = match consumer
-            .stream()
-            .max_messages_per_batch(config.batch_size)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+        // One pull request at a time, for at most a batch: nothing more is handed to this
+        // replica while it writes (or holds, in an outage) what it has, so the rest of the
+        // stream stays available to other replicas and keeps its order.
+        let pull = match consumer
+            .batch()
+            .max_messages(config.batch_size)
+            .expires(PULL_EXPIRES)
             .messages()
             .await
         {
@@ -98,31 +100,49 @@ pub async fn run(
                 continue;
             }
         };
-        let mut batches = messages.ready_chunks(config.batch_size);
+        let mut chunks = pull.ready_chunks(config.batch_size);
+        let mut failed = false;
         loop {
             let next = tokio::select! {
                 () = shutdown.cancelled() => break,
-                next = batches.next() => next,
+                next = chunks.next() => next,
             };
             let Some(items) = next else { break };
-            let mut batch = Vec::with_capacity(items.len());
-            for item in items {
-                match item {
-                    Ok(m) => batch.push(m),
-                    Err(e) => tracing::warn!(error = %e, "pull stream error"),
-                }
-            }
+            let batch = collect(items, &mut failed);
             if !batch.is_empty() {
                 backoff.reset();
-                writer.handle(batch).await;
+                writer.handle(batch, &mut chunks).await;
             }
         }
-        if !shutdown.is_cancelled() {
+        if failed && !shutdown.is_cancelled() {
             backoff.wait(&shutdown).await;
         }
     }
     tracing::info!("persistence consumer stopped");
     Ok(())
+}
+
+/// How long one pull request waits for messages before it is renewed.
+const PULL_EXPIRES: Duration = Duration::from_secs(10);
+
+type PullItem = std::result::Result<jetstream::Message, async_nats::Error>;
+
+/// What else the current pull delivers, while a batch is in hand.
+type MoreMessages<'a> = dyn futures::Stream<Item = Vec<PullItem>> + Send + Unpin + 'a;
+
+/// The messages of a chunk; errors are logged and noted in `failed`.
+fn collect(items: Vec<PullItem>, failed: &mut bool) -> Vec<jetstream::Message> {
+    let mut batch = Vec::with_capacity(items.len());
+    for item in items {
+        match item {
+            Ok(m) => batch.push(m),
+            Err(e) => {
+                *failed = true;
+                tracing::warn!(error = %e, "pull error");
+            }
+        }
+    }
+    batch
 }
 
 /// Exponential backoff from 100 ms to 5 s, cut short by shutdown.
@@ -172,15 +192,11 @@ enum Outcome {
 
 impl Writer {
     /// Handles one batch from the stream: every message in it ends acked, dead-lettered, or
-    /// left for redelivery (only when shutting down during an outage).
-    async fn handle(&self, batch: Vec<jetstream::Message>) {
-        let mut parsed = Vec::with_capacity(batch.len());
-        for msg in batch {
-            match self.parse(&msg) {
-                Ok(cmd) => parsed.push(Parsed { msg, cmd }),
-                Err(reason) => self.dead_letter(&msg, &reason).await,
-            }
-        }
+    /// left for redelivery (only when shutting down during an outage). While the database is
+    /// down, whatever else the pull delivers (`more`) joins the held batch, so it too is kept
+    /// alive with progress acks and is written in order once the database returns.
+    async fn handle(&self, batch: Vec<jetstream::Message>, more: &mut MoreMessages<'_>) {
+        let mut parsed = self.parse_all(batch).await;
         if parsed.is_empty() {
             return;
         }
@@ -197,6 +213,11 @@ impl Writer {
                         // Unacked, so the broker redelivers after ack_wait: nothing is lost.
                         return;
                     }
+                    let mut ignored = false;
+                    while let Some(Some(items)) = more.next().now_or_never() {
+                        let arrived = collect(items, &mut ignored);
+                        parsed.extend(self.parse_all(arrived).await);
+                    }
                     for p in &parsed {
                         let _ = p.msg.ack_with(AckKind::Progress).await;
                     }
@@ -207,13 +228,19 @@ impl Writer {
                     // only the faulty one is dead-lettered.
                     tracing::warn!(error = %e, batch = parsed.len(), "batch failed, retrying one by one");
                     for p in parsed {
-                        Box::pin(self.handle(vec![p.msg])).await;
+                        Box::pin(self.handle(vec![p.msg], &mut futures::stream::empty())).await;
                     }
                     return;
                 }
                 Err(e) => {
                     let p = &parsed[0];
                     tracing::error!(error = %e, "command cannot be stored");
+                    self.tell_sender(
+                        &p.cmd,
+                        ErrorCode::Invalid,
+                        "the message cannot be stored; do not retry it",
+                    )
+                    .await;
                     self.dead_letter(&p.msg, &format!("cannot be stored: {e}"))
                         .await;
                     return;
@@ -222,19 +249,62 @@ impl Writer {
         }
     }
 
-    /// Checks a command's subject and payload.
-    fn parse(&self, msg: &jetstream::Message) -> std::result::Result<SendCommand, String> {
+    /// Parses each message; those that can never be commands are dead-lettered.
+    async fn parse_all(&self, batch: Vec<jetstream::Message>) -> Vec<Parsed> {
+        let mut parsed = Vec::with_capacity(batch.len());
+        for msg in batch {
+            match self.parse(&msg) {
+                Ok(cmd) => parsed.push(Parsed { msg, cmd }),
+                Err((reason, cmd)) => {
+                    if let Some(cmd) = cmd {
+                        self.tell_sender(&cmd, ErrorCode::Invalid, &reason).await;
+                    }
+                    self.dead_letter(&msg, &reason).await;
+                }
+            }
+        }
+        parsed
+    }
+
+    /// Sends an `error` event about one of the sender's messages to all their devices.
+    async fn tell_sender(&self, cmd: &SendCommand, code: ErrorCode, message: &str) {
+        let event = ServerEvent::Error(ErrorEvent {
+            code,
+            message: message.into(),
+            client_msg_id: Some(cmd.client_msg_id.as_str().to_owned()),
+        })
+        .to_json();
+        if let Err(e) = self
+            .js
+            .client()
+            .publish(self.subjects.out_user(cmd.sender_id.as_str()), event)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot tell a sender their message failed");
+        }
+    }
+
+    /// Checks a command's subject and payload. A refusal carries the command when it could be
+    /// read, so its sender can be told.
+    fn parse(
+        &self,
+        msg: &jetstream::Message,
+    ) -> std::result::Result<SendCommand, (String, Option<Box<SendCommand>>)> {
         let prefix = format!("{}.in.msg.", self.subjects.prefix());
         let Some(conversation) = msg.subject.as_str().strip_prefix(&prefix) else {
-            return Err(format!("unsupported command subject {}", msg.subject));
+            return Err((format!("unsupported command subject {}", msg.subject), None));
         };
-        let cmd: SendCommand =
-            serde_json::from_slice(&msg.payload).map_err(|e| format!("malformed command: {e}"))?;
+        let cmd: SendCommand = serde_json::from_slice(&msg.payload)
+            .map_err(|e| (format!("malformed command: {e}"), None))?;
         if conversation != cmd.conversation_id.to_string() {
-            return Err("subject and conversationId disagree".into());
+            return Err((
+                "subject and conversationId disagree".into(),
+                Some(Box::new(cmd)),
+            ));
         }
-        Content::parse(cmd.content.clone(), HARD_MAX_CONTENT_CHARS)
-            .map_err(|e| format!("invalid content: {e}"))?;
+        if let Err(e) = Content::parse(cmd.content.clone(), HARD_MAX_CONTENT_CHARS) {
+            return Err((format!("invalid content: {e}"), Some(Box::new(cmd))));
+        }
         Ok(cmd)
     }
 
@@ -353,15 +423,12 @@ impl Writer {
                     }
                 }
                 Outcome::Forbidden => {
-                    let event = ServerEvent::Error(ErrorEvent {
-                        code: ErrorCode::Forbidden,
-                        message: "you are not a member of this conversation".into(),
-                        client_msg_id: Some(p.cmd.client_msg_id.as_str().to_owned()),
-                    })
-                    .to_json();
-                    let _ = nats
-                        .publish(self.subjects.out_user(p.cmd.sender_id.as_str()), event)
-                        .await;
+                    self.tell_sender(
+                        &p.cmd,
+                        ErrorCode::Forbidden,
+                        "you are not a member of this conversation",
+                    )
+                    .await;
                     forbidden.push(p);
                 }
             }

@@ -21,9 +21,9 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::auth::AuthUser;
-use crate::fanout::Attachment;
+use crate::fanout::{AttachError, Attachment};
 use crate::protocol::{Command, Frame};
-use crate::session::{Dispatch, RateLimit, Session};
+use crate::session::{Dispatch, Session};
 use crate::state::AppState;
 
 /// Close codes sent to clients.
@@ -60,17 +60,29 @@ pub async fn upgrade(
     ws: WebSocketUpgrade,
 ) -> Response {
     if state.draining.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "server draining",
+        );
     }
-    let attachment = match state
-        .fanout
-        .attach(&verified.user_id, state.limits.outbound_queue)
-        .await
-    {
+    let attachment = match state.fanout.attach(&verified.user_id).await {
         Ok(a) => a,
-        Err(e) => {
+        Err(e @ AttachError::TooManyConnections) => {
+            tracing::info!(user = %verified.user_id, "refusing a connection: {e}");
+            return api_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::RateLimited,
+                "too many connections for this user",
+            );
+        }
+        Err(e @ AttachError::Unavailable) => {
             tracing::warn!(error = %e, "refusing a connection");
-            return (StatusCode::SERVICE_UNAVAILABLE, "unavailable").into_response();
+            return api_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                "try again shortly",
+            );
         }
     };
     let max = state.limits.max_frame_bytes;
@@ -81,6 +93,12 @@ pub async fn upgrade(
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| tracker.track_future(run(socket, state, verified, attachment)))
+}
+
+/// `{error: {code, message}}` with a status, for a refused upgrade.
+fn api_error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": ApiError::new(code, message) });
+    (status, axum::Json(body)).into_response()
 }
 
 /// Why a connection ended, for the close frame and the log.
@@ -95,7 +113,7 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
     let (mut sink, mut stream) = socket.split();
     let session = Session::new(state.clone(), verified.user_id.clone());
     let inflight = Arc::new(Semaphore::new(state.limits.max_inflight));
-    let mut rate = RateLimit::new(state.limits.send_rate, state.limits.send_burst);
+    let mut flood = Flood::new(state.limits.flood_strikes);
     let replies = attachment.tx.clone();
 
     let exp = expiry_instant(verified.exp);
@@ -142,11 +160,8 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
             incoming = stream.next() => {
                 last_heard = Instant::now();
                 let text = match incoming {
-                    Some(Ok(WsMessage::Text(t))) => t,
-                    Some(Ok(WsMessage::Binary(_))) => {
-                        let _ = replies.try_send(error_event(ApiError::invalid("binary frames are not supported; send JSON text"), None));
-                        continue;
-                    }
+                    Some(Ok(WsMessage::Text(t))) => Some(t),
+                    Some(Ok(WsMessage::Binary(_))) => None,
                     Some(Ok(WsMessage::Close(_))) | None => break End::Closed,
                     Some(Ok(_)) => continue, // ping / pong
                     Some(Err(e)) => {
@@ -157,7 +172,23 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
                         break End::Closed;
                     }
                 };
-                if let Some(end) = handle_frame(&session, &text, &mut rate, &inflight, &replies).await {
+                // Every data frame counts against the user's rate, before any parsing.
+                if !attachment.allow() {
+                    if flood.refused() {
+                        break End::Send(close::POLICY, "flood: too many frames");
+                    }
+                    let e = ApiError::new(ErrorCode::RateLimited, "too many requests, slow down");
+                    let id = text.as_deref().and_then(|t| Frame::parse(t).ok()).and_then(|f| f.id);
+                    match queue(&replies, answer_frame(id.as_deref(), Err(e), None)) {
+                        Some(end) => break end,
+                        None => continue,
+                    }
+                }
+                let end = match text {
+                    Some(text) => handle_frame(&session, &text, &attachment, &inflight).await,
+                    None => queue(&replies, error_event(ApiError::invalid("binary frames are not supported; send JSON text"), None)),
+                };
+                if let Some(end) = end {
                     break end;
                 }
             }
@@ -189,31 +220,21 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
 }
 
 /// Reads one text frame and starts its command. Returns an end when the client must go.
+///
+/// The socket loop is also what drains `replies`, so nothing here may wait on that queue: a full
+/// queue means the client is not reading, and the socket is closed.
 async fn handle_frame(
     session: &Session,
     text: &str,
-    rate: &mut RateLimit,
+    attachment: &Attachment,
     inflight: &Arc<Semaphore>,
-    replies: &tokio::sync::mpsc::Sender<Bytes>,
 ) -> Option<End> {
     let limits = &session.state.limits;
+    let replies = &attachment.tx;
     let frame = match Frame::parse(text) {
         Ok(f) => f,
-        Err(e) => {
-            let _ = replies.send(error_event(e, None)).await;
-            return None;
-        }
+        Err(e) => return queue(replies, error_event(e, None)),
     };
-    if !rate.allow() {
-        if rate.strikes > limits.flood_strikes {
-            return Some(End::Send(close::POLICY, "flood: too many frames"));
-        }
-        let e = ApiError::new(ErrorCode::RateLimited, "too many requests, slow down");
-        let _ = replies
-            .send(answer_frame(frame.id.as_deref(), Err(e), None))
-            .await;
-        return None;
-    }
     let command = match Command::parse(
         &frame.event,
         frame.data.as_deref(),
@@ -226,8 +247,7 @@ async fn handle_frame(
                 Err(rejected.error),
                 rejected.client_msg_id,
             );
-            let _ = replies.send(reply).await;
-            return None;
+            return queue(replies, reply);
         }
     };
     let client_msg_id = match &command {
@@ -236,26 +256,39 @@ async fn handle_frame(
     };
     let id = frame.id;
     match session.dispatch(command).await {
-        Dispatch::Now(answer) => {
-            let _ = replies
-                .send(answer_frame(id.as_deref(), answer, client_msg_id))
-                .await;
-        }
+        Dispatch::Now(answer) => queue(replies, answer_frame(id.as_deref(), answer, client_msg_id)),
         Dispatch::Later(fut) => {
-            let Ok(permit) = inflight.clone().acquire_owned().await else {
-                return Some(End::Closed);
+            // Requests in flight are bounded; at the bound, stop reading this socket (but still
+            // notice a client that stopped reading).
+            let permit = tokio::select! {
+                p = inflight.clone().acquire_owned() => p.ok()?,
+                () = attachment.slow.cancelled() => return Some(End::Send(close::POLICY, "too slow: replies were not read")),
             };
             let replies = replies.clone();
+            let slow = attachment.slow.clone();
             tokio::spawn(async move {
                 let answer = fut.await;
-                let _ = replies
-                    .send(answer_frame(id.as_deref(), answer, client_msg_id))
-                    .await;
+                if queue(&replies, answer_frame(id.as_deref(), answer, client_msg_id)).is_some() {
+                    slow.cancel();
+                }
                 drop(permit);
             });
+            None
         }
     }
-    None
+}
+
+/// Queues a frame for the socket without waiting; a full queue ends the connection.
+fn queue(replies: &tokio::sync::mpsc::Sender<Bytes>, frame: Bytes) -> Option<End> {
+    if frame.is_empty() {
+        return None;
+    }
+    match replies.try_send(frame) {
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            Some(End::Send(close::POLICY, "too slow: replies were not read"))
+        }
+        _ => None,
+    }
 }
 
 /// The frame that answers a request: an ack when it had an id, else an `error` event when it
@@ -301,6 +334,35 @@ where
     match tokio::time::timeout(WRITE_TIMEOUT, sink.send(WsMessage::Text(text))).await {
         Ok(Ok(())) => Ok(()),
         _ => Err(()),
+    }
+}
+
+/// Frames refused by the rate limit within a window; too many and the client is flooding.
+struct Flood {
+    window_start: Instant,
+    refusals: u32,
+    max: u32,
+}
+
+impl Flood {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn new(max: u32) -> Self {
+        Self {
+            window_start: Instant::now(),
+            refusals: 0,
+            max,
+        }
+    }
+
+    /// Counts one refusal; true when the window has seen more than allowed.
+    fn refused(&mut self) -> bool {
+        if self.window_start.elapsed() > Self::WINDOW {
+            self.window_start = Instant::now();
+            self.refusals = 0;
+        }
+        self.refusals += 1;
+        self.refusals > self.max
     }
 }
 

@@ -118,7 +118,8 @@ pub async fn before(
 }
 
 /// Messages after a position in each conversation, ordered by conversation then seq, at most
-/// `limit`.
+/// `limit`. Each conversation is read through its `(conversation_id, seq)` index, at most
+/// `limit` rows deep, so a long conversation is never scanned whole.
 pub async fn after(
     db: impl PgExecutor<'_>,
     conversations: &[Uuid],
@@ -129,7 +130,12 @@ pub async fn after(
         "select m.id, m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.content,
                 m.read_at, m.created_at, m.edited_at, m.deleted_at
          from unnest($1::uuid[], $2::int8[]) as p(conversation_id, after_seq)
-         join messages m on m.conversation_id = p.conversation_id and m.seq > p.after_seq
+         cross join lateral (
+             select * from messages x
+             where x.conversation_id = p.conversation_id and x.seq > p.after_seq
+             order by x.seq
+             limit $3
+         ) m
          order by m.conversation_id, m.seq
          limit $3",
     )

@@ -191,3 +191,44 @@ async fn a_command_that_can_never_succeed_goes_to_the_dead_letter_stream_with_it
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_stored_command_that_fails_checks_is_dead_lettered_and_its_sender_told() {
+    // A command that got past a gateway (an older one, or a forged publish) with content
+    // Postgres cannot hold: never silently lost, and the sender learns which message failed.
+    let env = TestEnv::new().await;
+    let _persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let mut alice = env.connect(&gw, "alice").await;
+    let conv = alice.open_dm("bob").await;
+    let js = async_nats::jetstream::new(env.nats().await);
+    let command = json!({"conversationId": conv, "senderId": "alice", "clientMsgId": "nul-1",
+                         "content": "a\u{0}b", "acceptedAt": chrono::Utc::now()});
+    js.publish(
+        format!("{}.in.msg.{conv}", env.prefix),
+        command.to_string().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    let err = alice.wait_for(|f| f["type"] == "error").await;
+    assert_eq!(err["data"]["code"], "invalid");
+    assert_eq!(err["data"]["clientMsgId"], "nul-1");
+    let subjects = parley_common::subjects::Subjects::new(&env.prefix).unwrap();
+    let stream = js.get_stream(subjects.stream_dlq()).await.unwrap();
+    let dead = eventually(|| async {
+        stream
+            .get_last_raw_message_by_subject(&subjects.dlq())
+            .await
+            .ok()
+    })
+    .await;
+    let reason = dead
+        .headers
+        .get(parley_persistence::consumer::DLQ_REASON_HEADER)
+        .unwrap()
+        .to_string();
+    assert!(reason.contains("NUL"), "{reason}");
+    assert!(env.stored(&conv).await.is_empty());
+}

@@ -4,6 +4,7 @@
 mod binary;
 mod faults;
 mod helpers;
+mod measure;
 mod pipeline;
 mod protocol;
 mod security;

@@ -80,6 +80,13 @@ async fn bad_frames_get_an_error_with_the_right_code_and_the_connection_keeps_wo
     assert_eq!(r["error"]["code"], "invalid");
     let r = alice
         .request(
+            "message:send",
+            json!({"conversationId": conv, "clientMsgId": "c5", "content": "a\u{0}b"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], "invalid");
+    let r = alice
+        .request(
             "message:history",
             json!({"conversationId": conv, "beforeSeq": 0}),
         )
@@ -121,6 +128,11 @@ async fn sends_past_the_rate_limit_are_refused_and_a_flood_is_disconnected() {
     assert_eq!(codes[..4], ["ok", "ok", "ok", "ok"]);
     assert!(codes[4..].iter().all(|c| c == "rate_limited"), "{codes:?}");
 
+    // The limit is the user's, not the socket's: a second connection does not reset it.
+    let mut again = env.connect(&gw, "alice").await;
+    let r = again.send_message(&conv, "r-second", "x").await;
+    assert_eq!(r["error"]["code"], "rate_limited", "{r}");
+
     // Keep hammering without reading: the connection is closed as a flood.
     for n in 0..400 {
         alice
@@ -141,4 +153,21 @@ async fn a_frame_over_the_size_limit_closes_the_connection_with_1009() {
     alice.send_frame(&big).await;
     let (code, _) = alice.closed().await;
     assert_eq!(code, 1009);
+}
+
+#[tokio::test]
+async fn a_user_over_the_connection_cap_is_refused_with_429() {
+    let env = TestEnv::with_settings(&[("PARLEY_MAX_CONNECTIONS_PER_USER", "2")]).await;
+    let gw = env.spawn_gateway().await;
+    let _one = env.connect(&gw, "alice").await;
+    let _two = env.connect(&gw, "alice").await;
+    let url = format!("ws://{}/ws?token={}", gw.addr(), env.token("alice", 600));
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status().as_u16(), 429)
+        }
+        other => panic!("expected 429, got {:?}", other.map(|_| ())),
+    }
+    // Another user is not affected.
+    let _bob = env.connect(&gw, "bob").await;
 }
