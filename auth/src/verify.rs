@@ -10,27 +10,37 @@ use parley_common::config::{ConfigError, Env, Secret};
 use parley_common::domain::UserId;
 use serde::Deserialize;
 
+use crate::authjs;
+
 /// The kinds of token `AUTH_TOKEN_KINDS` can switch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenKind {
     /// JWTs signed with HS256 and `AUTH_SECRET`.
     Hs256,
+    /// Auth.js v5 session tokens (JWE), encrypted with a key derived from `AUTH_SECRET`.
+    AuthJs,
 }
 
 impl TokenKind {
     fn parse(raw: &str) -> Result<Self, String> {
         match raw {
             "hs256" => Ok(TokenKind::Hs256),
-            other => Err(format!("unknown token kind {other:?} (known: hs256)")),
+            "authjs" => Ok(TokenKind::AuthJs),
+            other => Err(format!(
+                "unknown token kind {other:?} (known: hs256, authjs)"
+            )),
         }
     }
 }
 
-/// What the verifier needs, read from `AUTH_TOKEN_KINDS` and `AUTH_SECRET`.
+/// What the verifier needs, read from `AUTH_TOKEN_KINDS`, `AUTH_SECRET` and, for rotation of
+/// Auth.js secrets, `AUTH_SECRET_1..3` (older secrets that still open existing sessions).
 #[derive(Debug, Clone)]
 pub struct VerifierConfig {
     pub kinds: HashSet<TokenKind>,
     pub secret: Option<Secret>,
+    /// `AUTH_SECRET_1`, `AUTH_SECRET_2`, `AUTH_SECRET_3`, where set.
+    pub previous_secrets: Vec<Secret>,
     /// Tokens longer than this are refused before any parsing.
     pub max_token_bytes: usize,
     /// Clock skew forgiven on `exp`, in seconds.
@@ -62,7 +72,11 @@ impl VerifierConfig {
             });
         }
         let secret = env.secret("AUTH_SECRET");
-        if kinds.contains(&TokenKind::Hs256) {
+        let previous_secrets = ["AUTH_SECRET_1", "AUTH_SECRET_2", "AUTH_SECRET_3"]
+            .into_iter()
+            .filter_map(|name| env.secret(name))
+            .collect();
+        if kinds.contains(&TokenKind::Hs256) || kinds.contains(&TokenKind::AuthJs) {
             match &secret {
                 None => {
                     return Err(ConfigError::Missing {
@@ -81,6 +95,7 @@ impl VerifierConfig {
         Ok(Self {
             kinds,
             secret,
+            previous_secrets,
             max_token_bytes: Self::DEFAULT_MAX_TOKEN_BYTES,
             leeway_secs: 5,
         })
@@ -125,6 +140,9 @@ struct Claims {
 /// Verifies tokens of the kinds switched on. Cheap to share behind an `Arc`.
 pub struct Verifier {
     hs256: Option<(DecodingKey, Validation)>,
+    /// Auth.js keys, one per secret and cookie name; empty when the kind is off.
+    authjs: Vec<authjs::Key>,
+    leeway_secs: u64,
     max_token_bytes: usize,
 }
 
@@ -153,10 +171,50 @@ impl Verifier {
                 })
             })
             .flatten();
+        let authjs = if config.kinds.contains(&TokenKind::AuthJs) {
+            let secrets: Vec<&str> = config
+                .secret
+                .iter()
+                .chain(&config.previous_secrets)
+                .map(Secret::expose)
+                .collect();
+            authjs::keys_for(&secrets)
+        } else {
+            Vec::new()
+        };
         Self {
             hs256,
+            authjs,
+            leeway_secs: config.leeway_secs,
             max_token_bytes: config.max_token_bytes,
         }
+    }
+
+    /// Finds and checks the Auth.js session token in a `Cookie` header.
+    pub fn verify_cookies(&self, cookie_header: &str) -> Result<Verified, VerifyError> {
+        if self.authjs.is_empty() {
+            return Err(VerifyError::Missing);
+        }
+        let token = authjs::token_from_cookies(cookie_header).ok_or(VerifyError::Missing)?;
+        self.verify(&token)
+    }
+
+    fn verify_authjs(&self, token: &str) -> Result<Verified, VerifyError> {
+        if self.authjs.is_empty() {
+            return Err(VerifyError::AlgorithmNotAllowed("JWE".into()));
+        }
+        let plain = authjs::decrypt(token, &self.authjs)?;
+        let Claims { sub, exp } = serde_json::from_slice(&plain)
+            .map_err(|e| VerifyError::Malformed(format!("claims: {e}")))?;
+        let sub = sub.ok_or_else(|| VerifyError::MissingClaim("sub".into()))?;
+        let exp = exp.ok_or_else(|| VerifyError::MissingClaim("exp".into()))?;
+        if exp.saturating_add(self.leeway_secs as i64)
+            < jsonwebtoken::get_current_timestamp() as i64
+        {
+            return Err(VerifyError::Expired);
+        }
+        let user_id = UserId::parse(&sub).map_err(|_| VerifyError::BadSubject(truncate(&sub)))?;
+        Ok(Verified { user_id, exp })
     }
 
     /// Checks a token and names the user it speaks for.
@@ -169,6 +227,9 @@ impl Verifier {
             return Err(VerifyError::Oversized {
                 max: self.max_token_bytes,
             });
+        }
+        if authjs::looks_like_jwe(token) {
+            return self.verify_authjs(token);
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| {
             // An algorithm jsonwebtoken does not know (`none` among them) fails header parsing.

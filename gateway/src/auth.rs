@@ -1,13 +1,13 @@
 //! Finding a request's token and verifying it (DESIGN §5): the `Authorization: Bearer` header,
-//! else the `token` query parameter. A refusal is logged with its reason and answered 401 with
-//! only `unauthenticated`.
+//! else the `token` query parameter, else an Auth.js session cookie. A refusal is logged with its
+//! reason and answered 401 with only `unauthenticated`.
 
 use axum::Json;
 use axum::extract::FromRequestParts;
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
-use parley_auth::{Verified, VerifyError};
+use parley_auth::Verified;
 use parley_common::wire::{ApiError, ErrorCode};
 use serde_json::json;
 
@@ -36,9 +36,18 @@ impl FromRequestParts<AppState> for AuthUser {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).or_else(|| query_token(parts));
+        let cookies = || {
+            parts
+                .headers
+                .get_all(axum::http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
         let result = match token {
             Some(t) => state.verifier.verify(&t),
-            None => Err(VerifyError::Missing),
+            None => state.verifier.verify_cookies(&cookies()),
         };
         match result {
             Ok(v) => Ok(AuthUser(v)),

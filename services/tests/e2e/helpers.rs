@@ -323,6 +323,12 @@ impl WsClient {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("ws connect");
+        WsClient::from_stream(ws)
+    }
+
+    pub fn from_stream(
+        ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+    ) -> WsClient {
         WsClient {
             ws,
             buffered: VecDeque::new(),

@@ -298,3 +298,35 @@ async fn a_send_to_a_user_opens_the_dm_on_the_fly() {
     assert_eq!(got[0]["content"], "hey");
     assert_eq!(alice.open_dm("bob").await, conv);
 }
+
+#[tokio::test]
+async fn every_socket_of_a_user_gets_each_event_and_one_closing_leaves_the_others_subscribed() {
+    let env = TestEnv::new().await;
+    let _persistence = env.spawn_persistence().await;
+    let gw_a = env.spawn_gateway().await;
+    let gw_b = env.spawn_gateway().await;
+    let mut alice = env.connect(&gw_a, "alice").await;
+    // Bob has two devices on one gateway and a third on the other.
+    let mut bob_phone = env.connect(&gw_a, "bob").await;
+    let mut bob_laptop = env.connect(&gw_a, "bob").await;
+    let mut bob_tablet = env.connect(&gw_b, "bob").await;
+    let conv = alice.open_dm("bob").await;
+
+    alice.send_message(&conv, "d1", "to every device").await;
+    for device in [&mut bob_phone, &mut bob_laptop, &mut bob_tablet] {
+        assert_eq!(device.messages(&conv, 1).await[0]["clientMsgId"], "d1");
+    }
+
+    // The phone goes away; the shared subscription stays for the laptop.
+    drop(bob_phone);
+    alice
+        .send_message(&conv, "d2", "after the phone left")
+        .await;
+    assert_eq!(bob_laptop.messages(&conv, 1).await[0]["clientMsgId"], "d2");
+    assert_eq!(bob_tablet.messages(&conv, 1).await[0]["clientMsgId"], "d2");
+    assert_eq!(
+        bob_laptop.buffered_messages(),
+        0,
+        "delivered once per socket"
+    );
+}

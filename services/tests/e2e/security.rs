@@ -152,3 +152,65 @@ async fn a_connection_is_closed_when_its_token_expires() {
     let (code, reason) = alice.closed().await;
     assert_eq!((code, reason.as_str()), (4001, "token expired"));
 }
+
+/// A session token from the real `@auth/core` `encode()`, as a Next.js app sets it.
+fn authjs_token(user: &str, secret: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/authjs");
+    let params = json!({"secret": secret, "salt": "authjs.session-token", "token": {"sub": user}, "maxAge": 3600});
+    let out = std::process::Command::new("node")
+        .arg("encode.mjs")
+        .arg(params.to_string())
+        .current_dir(&dir)
+        .output()
+        .expect("run node (npm ci in services/tests/fixtures/authjs)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_browser_signed_in_to_a_next_js_app_connects_with_its_auth_js_cookie() {
+    let env = TestEnv::with_settings(&[("AUTH_TOKEN_KINDS", "hs256,authjs")]).await;
+    let _persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let base = format!("ws://{}/ws", gw.addr());
+
+    let session = authjs_token("alice", SECRET);
+    let mut request = base.clone().into_client_request().unwrap();
+    request.headers_mut().insert(
+        "cookie",
+        format!("theme=dark; authjs.session-token={session}")
+            .parse()
+            .unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("cookie accepted");
+    let mut alice = WsClient::from_stream(ws);
+    let conv = alice.open_dm("bob").await;
+    let ack = alice
+        .send_message(&conv, "c1", "from a Next.js session")
+        .await;
+    assert_eq!(ack["ok"], true);
+    assert_eq!(alice.messages(&conv, 1).await[0]["senderId"], "alice");
+
+    // The same token as a bearer token (what socket.io's auth.token carries) works too.
+    let mut bearer = base.clone().into_client_request().unwrap();
+    bearer.headers_mut().insert(
+        "authorization",
+        format!("Bearer {session}").parse().unwrap(),
+    );
+    assert_eq!(upgrade_status(bearer).await, 101);
+
+    // A session cookie of another app (another secret) is refused.
+    let foreign = authjs_token("alice", "a-different-next-app-secret-0000");
+    let mut request = base.into_client_request().unwrap();
+    request.headers_mut().insert(
+        "cookie",
+        format!("authjs.session-token={foreign}").parse().unwrap(),
+    );
+    assert_eq!(upgrade_status(request).await, 401);
+}
