@@ -1,8 +1,9 @@
 //! Token verification. A refused token is refused for a reason the server logs
 //! ([`VerifyError`]); the client is only ever told `unauthenticated`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::RwLock;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -15,6 +16,8 @@ use crate::authjs;
 /// The kinds of token `AUTH_TOKEN_KINDS` can switch on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenKind {
+    /// Parley access tokens: EdDSA, checked against the auth role's JWKS.
+    Parley,
     /// JWTs signed with HS256 and `AUTH_SECRET`.
     Hs256,
     /// Auth.js v5 session tokens (JWE), encrypted with a key derived from `AUTH_SECRET`.
@@ -24,10 +27,11 @@ pub enum TokenKind {
 impl TokenKind {
     fn parse(raw: &str) -> Result<Self, String> {
         match raw {
+            "parley" => Ok(TokenKind::Parley),
             "hs256" => Ok(TokenKind::Hs256),
             "authjs" => Ok(TokenKind::AuthJs),
             other => Err(format!(
-                "unknown token kind {other:?} (known: hs256, authjs)"
+                "unknown token kind {other:?} (known: parley, hs256, authjs)"
             )),
         }
     }
@@ -41,6 +45,9 @@ pub struct VerifierConfig {
     pub secret: Option<Secret>,
     /// `AUTH_SECRET_1`, `AUTH_SECRET_2`, `AUTH_SECRET_3`, where set.
     pub previous_secrets: Vec<Secret>,
+    /// `AUTH_ISSUER` and `AUTH_AUDIENCE`, required of Parley tokens.
+    pub issuer: String,
+    pub audience: String,
     /// Tokens longer than this are refused before any parsing.
     pub max_token_bytes: usize,
     /// Clock skew forgiven on `exp`, in seconds.
@@ -54,7 +61,7 @@ impl VerifierConfig {
     pub const DEFAULT_MAX_TOKEN_BYTES: usize = 8 * 1024;
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let raw = env.string_or("AUTH_TOKEN_KINDS", "hs256");
+        let raw = env.string_or("AUTH_TOKEN_KINDS", "parley,hs256");
         let kinds = raw
             .split(',')
             .map(str::trim)
@@ -96,6 +103,8 @@ impl VerifierConfig {
             kinds,
             secret,
             previous_secrets,
+            issuer: env.string_or("AUTH_ISSUER", crate::config::DEFAULT_ISSUER),
+            audience: env.string_or("AUTH_AUDIENCE", crate::config::DEFAULT_AUDIENCE),
             max_token_bytes: Self::DEFAULT_MAX_TOKEN_BYTES,
             leeway_secs: 5,
         })
@@ -108,6 +117,9 @@ pub struct Verified {
     pub user_id: UserId,
     /// Expiry, seconds since the Unix epoch.
     pub exp: i64,
+    /// The Parley session a Parley token belongs to (its `sid`), so signing out closes the
+    /// sockets it opened.
+    pub session_id: Option<String>,
 }
 
 /// Why a token was refused. Logged by the server; never shown to the client.
@@ -129,17 +141,28 @@ pub enum VerifyError {
     MissingClaim(String),
     #[error("token subject is not a valid user id: {0}")]
     BadSubject(String),
+    #[error("token was issued by someone else")]
+    WrongIssuer,
+    #[error("token is meant for someone else")]
+    WrongAudience,
+    #[error("token names signing key {0:?}, which is not in the JWKS")]
+    UnknownKey(String),
 }
 
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
     exp: Option<i64>,
+    #[serde(default)]
+    sid: Option<String>,
 }
 
 /// Verifies tokens of the kinds switched on. Cheap to share behind an `Arc`.
 pub struct Verifier {
     hs256: Option<(DecodingKey, Validation)>,
+    /// Parley's EdDSA validation, when the kind is on, and the keys of the JWKS by `kid`.
+    parley: Option<Validation>,
+    jwks: RwLock<HashMap<String, DecodingKey>>,
     /// Auth.js keys, one per secret and cookie name; empty when the kind is off.
     authjs: Vec<authjs::Key>,
     leeway_secs: u64,
@@ -150,6 +173,7 @@ impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Verifier")
             .field("hs256", &self.hs256.is_some())
+            .field("parley", &self.parley.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -182,12 +206,40 @@ impl Verifier {
         } else {
             Vec::new()
         };
+        let parley = config.kinds.contains(&TokenKind::Parley).then(|| {
+            let mut v = Validation::new(Algorithm::EdDSA);
+            v.algorithms = vec![Algorithm::EdDSA];
+            v.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+            v.set_issuer(&[&config.issuer]);
+            v.set_audience(&[&config.audience]);
+            v.leeway = config.leeway_secs;
+            v
+        });
         Self {
             hs256,
+            parley,
+            jwks: RwLock::new(HashMap::new()),
             authjs,
             leeway_secs: config.leeway_secs,
             max_token_bytes: config.max_token_bytes,
         }
+    }
+
+    /// Whether Parley tokens are accepted (and a JWKS is worth fetching).
+    pub fn accepts_parley_tokens(&self) -> bool {
+        self.parley.is_some()
+    }
+
+    /// Replaces the keys Parley tokens are checked against. Keys that are not Ed25519 are
+    /// skipped.
+    pub fn set_jwks(&self, jwks: &crate::signing::Jwks) {
+        let keys = jwks
+            .keys
+            .iter()
+            .filter(|k| k.kty == "OKP" && k.crv == "Ed25519")
+            .filter_map(|k| Some((k.kid.clone(), DecodingKey::from_ed_components(&k.x).ok()?)))
+            .collect();
+        *self.jwks.write().expect("jwks lock") = keys;
     }
 
     /// Finds and checks the Auth.js session token in a `Cookie` header.
@@ -204,7 +256,7 @@ impl Verifier {
             return Err(VerifyError::AlgorithmNotAllowed("JWE".into()));
         }
         let plain = authjs::decrypt(token, &self.authjs)?;
-        let Claims { sub, exp } = serde_json::from_slice(&plain)
+        let Claims { sub, exp, .. } = serde_json::from_slice(&plain)
             .map_err(|e| VerifyError::Malformed(format!("claims: {e}")))?;
         let sub = sub.ok_or_else(|| VerifyError::MissingClaim("sub".into()))?;
         let exp = exp.ok_or_else(|| VerifyError::MissingClaim("exp".into()))?;
@@ -214,7 +266,11 @@ impl Verifier {
             return Err(VerifyError::Expired);
         }
         let user_id = UserId::parse(&sub).map_err(|_| VerifyError::BadSubject(truncate(&sub)))?;
-        Ok(Verified { user_id, exp })
+        Ok(Verified {
+            user_id,
+            exp,
+            session_id: None,
+        })
     }
 
     /// Checks a token and names the user it speaks for.
@@ -238,25 +294,45 @@ impl Verifier {
                 _ => VerifyError::Malformed(e.to_string()),
             }
         })?;
-        let (key, validation) = match (&self.hs256, header.alg) {
-            (Some(hs), Algorithm::HS256) => hs,
-            (_, alg) => return Err(VerifyError::AlgorithmNotAllowed(format!("{alg:?}"))),
+        // The algorithm picks the key, and each kind has exactly one algorithm: an HS256 token
+        // is never checked against a public key, nor an EdDSA token against the secret.
+        let jwks;
+        let (key, validation) = match (&self.hs256, &self.parley, header.alg) {
+            (Some((key, v)), _, Algorithm::HS256) => (key, v),
+            (_, Some(v), Algorithm::EdDSA) => {
+                let kid = header
+                    .kid
+                    .clone()
+                    .ok_or_else(|| VerifyError::MissingClaim("kid".into()))?;
+                jwks = self.jwks.read().expect("jwks lock");
+                let key = jwks
+                    .get(&kid)
+                    .ok_or_else(|| VerifyError::UnknownKey(truncate(&kid)))?;
+                (key, v)
+            }
+            (_, _, alg) => return Err(VerifyError::AlgorithmNotAllowed(format!("{alg:?}"))),
         };
         let data =
             jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => VerifyError::Expired,
                 ErrorKind::InvalidSignature => VerifyError::BadSignature,
                 ErrorKind::MissingRequiredClaim(c) => VerifyError::MissingClaim(c.clone()),
+                ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
+                ErrorKind::InvalidAudience => VerifyError::WrongAudience,
                 ErrorKind::InvalidAlgorithm => {
                     VerifyError::AlgorithmNotAllowed(format!("{:?}", header.alg))
                 }
                 _ => VerifyError::Malformed(e.to_string()),
             })?;
-        let Claims { sub, exp } = data.claims;
+        let Claims { sub, exp, sid } = data.claims;
         let sub = sub.ok_or_else(|| VerifyError::MissingClaim("sub".into()))?;
         let exp = exp.ok_or_else(|| VerifyError::MissingClaim("exp".into()))?;
         let user_id = UserId::parse(&sub).map_err(|_| VerifyError::BadSubject(truncate(&sub)))?;
-        Ok(Verified { user_id, exp })
+        Ok(Verified {
+            user_id,
+            exp,
+            session_id: sid,
+        })
     }
 }
 
@@ -353,7 +429,8 @@ mod tests {
             v.unwrap(),
             Verified {
                 user_id: UserId::parse("alice").unwrap(),
-                exp
+                exp,
+                session_id: None,
             }
         );
     }

@@ -61,6 +61,26 @@ impl Subjects {
         format!("{}.rpc.chat.{}", self.prefix, op.as_str())
     }
 
+    /// `{p}.rpc.auth`: the group of the auth service's endpoints.
+    pub fn rpc_auth_group(&self) -> String {
+        format!("{}.rpc.auth", self.prefix)
+    }
+
+    /// `{p}.rpc.auth.<op>`.
+    pub fn rpc_auth(&self, op: &str) -> String {
+        format!("{}.rpc.auth.{op}", self.prefix)
+    }
+
+    /// `{p}.ctl.user.<user>`: control events about a user for every gateway (a session ended).
+    pub fn ctl_user(&self, user: &str) -> String {
+        format!("{}.ctl.user.{user}", self.prefix)
+    }
+
+    /// `{p}.ctl.user.*`: what a gateway subscribes to.
+    pub fn ctl_user_all(&self) -> String {
+        format!("{}.ctl.user.*", self.prefix)
+    }
+
     /// `{p}.dlq`: commands that can never succeed.
     pub fn dlq(&self) -> String {
         format!("{}.dlq", self.prefix)

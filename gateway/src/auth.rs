@@ -1,6 +1,7 @@
 //! Finding a request's token and verifying it (DESIGN §5): the `Authorization: Bearer` header,
-//! else the `token` query parameter, else an Auth.js session cookie. A refusal is logged with its
-//! reason and answered 401 with only `unauthenticated`.
+//! else the `token` query parameter, else Parley's own `parley_session` cookie (exchanged with
+//! the auth role for an access token), else an Auth.js session cookie. A refusal is logged with
+//! its reason and answered 401 with only `unauthenticated`.
 
 use axum::Json;
 use axum::extract::FromRequestParts;
@@ -35,19 +36,15 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).or_else(|| query_token(parts));
-        let cookies = || {
-            parts
-                .headers
-                .get_all(axum::http::header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect::<Vec<_>>()
-                .join("; ")
-        };
+        let mut token = bearer(parts).or_else(|| query_token(parts));
+        if token.is_none()
+            && let Some(session) = cookie_value(&parts.headers, SESSION_COOKIE)
+        {
+            token = exchange_session(state, session).await;
+        }
         let result = match token {
-            Some(t) => state.verifier.verify(&t),
-            None => state.verifier.verify_cookies(&cookies()),
+            Some(t) => state.jwks.verify(&state.verifier, &t).await,
+            None => state.verifier.verify_cookies(&cookies(&parts.headers)),
         };
         match result {
             Ok(v) => Ok(AuthUser(v)),
@@ -57,6 +54,45 @@ impl FromRequestParts<AppState> for AuthUser {
             }
         }
     }
+}
+
+/// Parley's session cookie.
+pub const SESSION_COOKIE: &str = "parley_session";
+
+/// Every `Cookie` header of a request, joined.
+pub fn cookies(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The value of cookie `name`, if the request has it.
+pub fn cookie_value(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    cookies(headers).split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name && !v.is_empty()).then(|| v.to_owned())
+    })
+}
+
+/// An access token for a session cookie, from the auth role.
+async fn exchange_session(state: &AppState, session: String) -> Option<String> {
+    use parley_auth::api::{AuthOp, SessionRequest, TokenReply};
+    let payload = serde_json::to_vec(&SessionRequest { session }).ok()?;
+    let reply = state
+        .js
+        .client()
+        .request(
+            state.subjects.rpc_auth(AuthOp::Token.as_str()),
+            payload.into(),
+        )
+        .await
+        .ok()?;
+    parley_common::rpc::decode::<TokenReply>(&reply.payload)
+        .ok()
+        .map(|r| r.token)
 }
 
 fn bearer(parts: &Parts) -> Option<String> {

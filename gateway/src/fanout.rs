@@ -48,6 +48,9 @@ struct Sink {
     tx: mpsc::Sender<Bytes>,
     /// Cancelled when this socket falls too far behind.
     slow: CancellationToken,
+    /// The Parley session the socket authenticated with, and what ends it with the session.
+    session: Option<String>,
+    revoked: CancellationToken,
 }
 
 /// One socket's place in the fan-out. Dropping it detaches the socket; the last socket of a
@@ -58,6 +61,8 @@ pub struct Attachment {
     pub slow: CancellationToken,
     /// Where the session queues its own frames (replies) for this socket.
     pub tx: mpsc::Sender<Bytes>,
+    /// Cancelled when the user signs out of the session this socket authenticated with.
+    pub revoked: CancellationToken,
     entry: Arc<UserEntry>,
     detach: Option<(Arc<Fanout>, UserId, u64)>,
 }
@@ -100,13 +105,25 @@ impl Fanout {
     /// Attaches a socket of `user`. Returns once the user's subscription is registered at the
     /// NATS server, so no event published after this returns is missed.
     pub async fn attach(self: &Arc<Self>, user: &UserId) -> Result<Attachment, AttachError> {
+        self.attach_session(user, None).await
+    }
+
+    /// [`Fanout::attach`] for a socket that authenticated with Parley session `session`.
+    pub async fn attach_session(
+        self: &Arc<Self>,
+        user: &UserId,
+        session: Option<String>,
+    ) -> Result<Attachment, AttachError> {
         let (tx, rx) = mpsc::channel(self.limits.outbound_queue);
         let slow = CancellationToken::new();
+        let revoked = CancellationToken::new();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let sink = Sink {
             id,
             tx: tx.clone(),
             slow: slow.clone(),
+            session,
+            revoked: revoked.clone(),
         };
         let (entry, first) = {
             let mut users = self.users.lock().expect("fanout lock");
@@ -139,6 +156,7 @@ impl Fanout {
             rx,
             slow,
             tx,
+            revoked,
             entry: entry.clone(),
             detach: Some((self.clone(), user.clone(), id)),
         };
@@ -231,6 +249,24 @@ impl Fanout {
             // Dropping the subscription with the task unsubscribes at the server.
             task.abort();
         }
+    }
+
+    /// Ends every socket here that authenticated with `session` of `user`; returns how many.
+    pub fn revoke_session(&self, user: &UserId, session: &str) -> usize {
+        let users = self.users.lock().expect("fanout lock");
+        let Some(entry) = users.get(user) else {
+            return 0;
+        };
+        let sockets = entry.sockets.read().expect("sockets lock");
+        let mut n = 0;
+        for sink in sockets
+            .iter()
+            .filter(|s| s.session.as_deref() == Some(session))
+        {
+            sink.revoked.cancel();
+            n += 1;
+        }
+        n
     }
 
     /// Users with at least one socket here.

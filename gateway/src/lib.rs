@@ -7,9 +7,12 @@
 //! - [`config`]: settings from the environment.
 //! - [`error`]: the start-up error type.
 //! - [`auth`]: finding and verifying the token of an HTTP request or upgrade.
+//! - [`jwks`]: the auth role's public keys, fetched over NATS and refetched on an unknown `kid`.
+//! - [`http`]: the HTTP API (accounts, user search, JWKS).
 //! - [`protocol`]: client frames and the typed commands they carry, validated.
 //! - [`session`]: one authenticated user's commands, whatever the transport.
 //! - [`chat`]: the persistence service's client and the membership cache.
+//! - [`revocation`]: closing the sockets of a session that was signed out.
 //! - [`fanout`]: one NATS subscription per connected user, shared by that user's sockets.
 //! - [`limits`]: the token bucket behind the per-user rate limit.
 //! - [`transport::ws`]: the plain WebSocket transport at `/ws`.
@@ -20,8 +23,11 @@ pub mod chat;
 pub mod config;
 pub mod error;
 pub mod fanout;
+pub mod http;
+pub mod jwks;
 pub mod limits;
 pub mod protocol;
+pub mod revocation;
 pub mod session;
 pub mod startup;
 pub mod state;

@@ -63,6 +63,11 @@ pub enum Command {
     Open(OpenData),
     History(HistoryData),
     Sync(SyncData),
+    /// `auth:refresh`: a new access token for this connection. It changes the connection, not
+    /// the user's data, so each transport answers it where its expiry timers live.
+    AuthRefresh {
+        token: String,
+    },
 }
 
 /// Where a send goes: a conversation the sender is in, or a user to open a DM with on the fly.
@@ -105,6 +110,14 @@ pub struct SyncData {
     pub limit: Option<u32>,
 }
 
+/// `auth:refresh` data. The token's size is the verifier's to judge (it refuses oversized
+/// tokens before parsing them); the frame limit already bounds it here.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefreshData {
+    token: String,
+}
+
 /// A command that could not be read, with the `clientMsgId` it carried, if any, so the client
 /// can match the error to its pending send.
 #[derive(Debug)]
@@ -129,6 +142,10 @@ impl Command {
             "conversation:open" => Ok(Command::Open(fields(event, data).map_err(plain)?)),
             "message:history" => Ok(Command::History(fields(event, data).map_err(plain)?)),
             "sync" => Ok(Command::Sync(fields(event, data).map_err(plain)?)),
+            "auth:refresh" => {
+                let RefreshData { token } = fields(event, data).map_err(plain)?;
+                Ok(Command::AuthRefresh { token })
+            }
             other => Err(plain(ApiError::invalid(format!(
                 "unknown event {:?}",
                 truncate(other)
@@ -275,6 +292,31 @@ mod tests {
         let r = Command::parse("message:explode", None, 10).unwrap_err();
         assert_eq!(r.error.code, ErrorCode::Invalid);
         assert!(r.error.message.contains("unknown event"));
+    }
+
+    #[test]
+    fn auth_refresh_carries_its_token_and_nothing_else() {
+        let refresh =
+            |data: Option<&str>| Command::parse("auth:refresh", data.map(raw).as_deref(), 10);
+        assert!(matches!(
+            refresh(Some(r#"{"token":"a.b.c"}"#)),
+            Ok(Command::AuthRefresh { token }) if token == "a.b.c"
+        ));
+        for bad in [
+            None,
+            Some("{}"),
+            Some(r#"{"token":7}"#),
+            Some(r#"{"token":"a.b.c","user":"bob"}"#),
+        ] {
+            let r = refresh(bad).unwrap_err();
+            assert_eq!(r.error.code, ErrorCode::Invalid, "{bad:?}");
+        }
+        let missing = refresh(Some("{}")).unwrap_err();
+        assert!(
+            missing.error.message.contains("token"),
+            "{}",
+            missing.error.message
+        );
     }
 
     #[test]

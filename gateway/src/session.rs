@@ -35,6 +35,21 @@ struct Accepted<'a> {
     status: &'static str,
 }
 
+/// The reply to an accepted `auth:refresh`.
+#[derive(Serialize)]
+struct RefreshReply {
+    exp: i64,
+}
+
+/// An accepted `auth:refresh`: the connection now lives until `exp`.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The new token's expiry, seconds since the Unix epoch.
+    pub exp: i64,
+    /// `{"ok": true, "exp": ...}`.
+    pub reply: Bytes,
+}
+
 pub struct Session {
     pub state: AppState,
     pub user: UserId,
@@ -83,7 +98,55 @@ impl Session {
                     limit: data.limit,
                 },
             ),
+            // A transport that forgot to intercept it must not ack a refresh whose new expiry
+            // nothing applies; the check itself is [`Session::refresh`].
+            Command::AuthRefresh { .. } => {
+                tracing::error!("auth:refresh reached dispatch; the transport must answer it");
+                Dispatch::Now(Err(ApiError::invalid(
+                    "auth:refresh is not supported on this transport",
+                )))
+            }
         }
+    }
+
+    /// Checks the token of an `auth:refresh`: it must verify, still be unexpired, and speak for
+    /// this session's user. The transport then moves the connection's expiry to the new `exp`,
+    /// earlier or later than the old one: the newest token the client presented is the one that
+    /// counts. Why a token was refused goes to the log, never the token itself.
+    #[tracing::instrument(skip_all, fields(user = %self.user))]
+    pub async fn refresh(&self, token: &str) -> Result<Refreshed, ApiError> {
+        let refused = || ApiError::new(ErrorCode::Unauthenticated, "token refused");
+        // Through the JWKS cache, so a token signed with a just-rotated key is accepted.
+        let verified = self
+            .state
+            .jwks
+            .verify(&self.state.verifier, token)
+            .await
+            .map_err(|reason| {
+                tracing::info!(%reason, "refused a refresh token");
+                refused()
+            })?;
+        if verified.user_id != self.user {
+            tracing::info!(other = %verified.user_id, "refused a refresh token for another user");
+            return Err(ApiError::new(
+                ErrorCode::Forbidden,
+                "token is for another user",
+            ));
+        }
+        // The verifier forgives some clock skew on `exp`; a live connection ends at `exp`
+        // itself, so a token already past it would close the socket as soon as it was applied.
+        if verified.exp <= Utc::now().timestamp() {
+            tracing::info!(
+                exp = verified.exp,
+                "refused a refresh token already past its exp"
+            );
+            return Err(refused());
+        }
+        let exp = verified.exp;
+        Ok(Refreshed {
+            exp,
+            reply: rpc::encode_ok(&RefreshReply { exp }),
+        })
     }
 
     fn query<T: Serialize + Send + Sync + 'static>(&self, op: ChatOp, req: T) -> Dispatch {

@@ -18,8 +18,10 @@ use crate::chat::ChatClient;
 use crate::config::GatewayConfig;
 use crate::error::{Error, Result};
 use crate::fanout::Fanout;
+use crate::jwks::JwksCache;
 use crate::state::{AppState, Shared};
 use crate::transport::ws;
+use crate::{http, revocation};
 
 /// Sends awaiting the broker's acknowledgement, across the gateway; past it, sends wait.
 const MAX_PENDING_PUBLISH_ACKS: usize = 10_000;
@@ -54,12 +56,15 @@ impl Application {
             chat: ChatClient::new(client.clone(), subjects.clone()),
             fanout: Fanout::new(client.clone(), subjects.clone(), config.limits.clone()),
             verifier: Verifier::new(&config.auth),
+            jwks: Arc::new(JwksCache::new(client.clone(), subjects.clone())),
             subjects,
             js,
             limits: config.limits,
             draining: CancellationToken::new(),
             sockets: TaskTracker::new(),
         });
+        // Best effort: a gateway may start before the auth role; an unknown kid refetches.
+        state.jwks.refresh(&state.verifier).await;
         let mut readiness = Readiness::default();
         readiness.add_nats(client.clone());
         Ok(Self {
@@ -84,6 +89,7 @@ impl Application {
     pub fn router(state: AppState) -> Router {
         Router::new()
             .route("/ws", get(ws::upgrade))
+            .merge(http::routes())
             .with_state(state)
     }
 
@@ -99,13 +105,18 @@ impl Application {
         let draining = state.draining.clone();
         let addr = self.local_addr();
         tracing::info!(%addr, "gateway listening");
-        axum::serve(self.listener, Self::router(state.clone()))
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                readiness.set_draining();
-                draining.cancel();
-            })
-            .await?;
+        let revocations = revocation::watch(state.clone()).await?;
+        axum::serve(
+            self.listener,
+            Self::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            readiness.set_draining();
+            draining.cancel();
+        })
+        .await?;
+        revocations.abort();
         state.sockets.close();
         if tokio::time::timeout(self.drain_timeout, state.sockets.wait())
             .await

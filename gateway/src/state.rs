@@ -11,6 +11,7 @@ use tokio_util::task::TaskTracker;
 use crate::chat::ChatClient;
 use crate::config::Limits;
 use crate::fanout::Fanout;
+use crate::jwks::JwksCache;
 
 pub type AppState = Arc<Shared>;
 
@@ -18,6 +19,7 @@ pub struct Shared {
     pub subjects: Subjects,
     pub js: jetstream::Context,
     pub verifier: Verifier,
+    pub jwks: Arc<JwksCache>,
     pub chat: ChatClient,
     pub fanout: Arc<Fanout>,
     pub limits: Limits,

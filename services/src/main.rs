@@ -26,6 +26,8 @@ pub enum Role {
     Gateway,
     /// The JetStream consumer that writes Postgres, and the chat queries.
     Persistence,
+    /// Accounts, sessions and tokens, over NATS only.
+    Auth,
     /// Every role in one process, still talking over NATS.
     All,
     /// Bring the database schema up to date and exit.

@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use anyhow::Context;
+use parley_auth::AuthConfig;
 use parley_common::admin::{self, Readiness};
 use parley_common::config::{ConfigError, Env, port};
 use parley_gateway::GatewayConfig;
@@ -12,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use crate::Role;
 
 /// Everything a role needs, parsed before anything starts.
+// Built once per process; boxing the variants would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum Config {
     Gateway {
         gateway: GatewayConfig,
@@ -21,13 +24,19 @@ pub enum Config {
         persistence: PersistenceConfig,
         admin_port: u16,
     },
+    Auth {
+        auth: AuthConfig,
+        admin_port: u16,
+    },
     All {
         gateway: GatewayConfig,
         persistence: PersistenceConfig,
+        auth: AuthConfig,
         admin_port: u16,
     },
     Migrate {
         persistence: PersistenceConfig,
+        auth: AuthConfig,
     },
 }
 
@@ -43,13 +52,19 @@ impl Config {
                 persistence: PersistenceConfig::from_env(env)?,
                 admin_port: admin_port()?,
             },
+            Role::Auth => Config::Auth {
+                auth: AuthConfig::from_env(env)?,
+                admin_port: admin_port()?,
+            },
             Role::All => Config::All {
                 gateway: GatewayConfig::from_env(env)?,
                 persistence: PersistenceConfig::from_env(env)?,
+                auth: AuthConfig::from_env(env)?,
                 admin_port: admin_port()?,
             },
             Role::Migrate => Config::Migrate {
                 persistence: PersistenceConfig::from_env(env)?,
+                auth: AuthConfig::from_env(env)?,
             },
         })
     }
@@ -69,13 +84,19 @@ pub async fn run(
         });
     }
     match config {
-        Config::Migrate { persistence } => {
+        Config::Migrate { persistence, auth } => {
             let pool = parley_persistence::db::connect(&persistence)
                 .await
                 .context("cannot connect to the database")?;
             parley_persistence::db::migrate(&pool)
                 .await
                 .context("migrations failed")?;
+            let pool = parley_auth::db::connect(&auth)
+                .await
+                .context("cannot connect to the database")?;
+            parley_auth::db::migrate(&pool)
+                .await
+                .context("auth migrations failed")?;
             tracing::info!("database schema is up to date");
             Ok(())
         }
@@ -103,27 +124,43 @@ pub async fn run(
             admin.cancel();
             Ok(result?)
         }
+        Config::Auth { auth, admin_port } => {
+            let app = parley_auth::Application::build(auth)
+                .await
+                .context("auth")?;
+            let admin = serve_admin(admin_port, app.readiness(), stop.clone()).await?;
+            let result = app.run_until_stopped(stop.cancelled_owned()).await;
+            admin.cancel();
+            Ok(result?)
+        }
         Config::All {
             gateway,
             persistence,
+            auth,
             admin_port,
         } => {
             let persistence = parley_persistence::Application::build(persistence)
                 .await
                 .context("persistence")?;
+            let auth = parley_auth::Application::build(auth)
+                .await
+                .context("auth")?;
             let gateway = parley_gateway::Application::build(gateway)
                 .await
                 .context("gateway")?;
             let mut readiness = persistence.readiness();
+            readiness.merge(auth.readiness());
             readiness.merge(gateway.readiness());
             let admin = serve_admin(admin_port, readiness, stop.clone()).await?;
-            let (g, p) = tokio::join!(
+            let (g, p, a) = tokio::join!(
                 gateway.run_until_stopped(stop.clone().cancelled_owned()),
                 persistence.run_until_stopped(stop.clone().cancelled_owned()),
+                auth.run_until_stopped(stop.clone().cancelled_owned()),
             );
             admin.cancel();
             g?;
             p?;
+            a?;
             Ok(())
         }
     }

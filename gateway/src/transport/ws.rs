@@ -3,6 +3,9 @@
 //! `{"type": "ack", "id": REQ_ID, "data": REPLY}`. A frame without an `id` that fails gets an
 //! `error` event instead. Bad frames never close the connection; a flood, a client that does
 //! not read, an expired token or a draining server do, with a close reason.
+//!
+//! The socket loop owns the connection's expiry: `token:expiring` shortly before `exp`, a close
+//! at `exp`, and `auth:refresh`, which moves both to a new token's `exp`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +26,7 @@ use tokio::time::Instant;
 use crate::auth::AuthUser;
 use crate::fanout::{AttachError, Attachment};
 use crate::protocol::{Command, Frame};
-use crate::session::{Dispatch, Session};
+use crate::session::{Dispatch, Refreshed, Session};
 use crate::state::AppState;
 
 /// Close codes sent to clients.
@@ -36,6 +39,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// The access token expired and was not refreshed.
     pub const TOKEN_EXPIRED: u16 = 4001;
+    /// The session the socket authenticated with was signed out (or revoked).
+    pub const SIGNED_OUT: u16 = 4002;
 }
 
 /// How long writing one frame may take before the client counts as not reading.
@@ -66,7 +71,11 @@ pub async fn upgrade(
             "server draining",
         );
     }
-    let attachment = match state.fanout.attach(&verified.user_id).await {
+    let attachment = match state
+        .fanout
+        .attach_session(&verified.user_id, verified.session_id.clone())
+        .await
+    {
         Ok(a) => a,
         Err(e @ AttachError::TooManyConnections) => {
             tracing::info!(user = %verified.user_id, "refusing a connection: {e}");
@@ -107,6 +116,20 @@ enum End {
     Send(u16, &'static str),
 }
 
+/// What the socket loop does after a client frame.
+enum Step {
+    Continue,
+    /// `auth:refresh` was accepted: the connection now lives until this `exp` (Unix seconds).
+    Refreshed(i64),
+    End(End),
+}
+
+impl From<Option<End>> for Step {
+    fn from(end: Option<End>) -> Self {
+        end.map_or(Step::Continue, Step::End)
+    }
+}
+
 #[tracing::instrument(skip_all, fields(user = %verified.user_id))]
 async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachment: Attachment) {
     tracing::debug!("socket connected");
@@ -116,10 +139,13 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
     let mut flood = Flood::new(state.limits.flood_strikes);
     let replies = attachment.tx.clone();
 
-    let exp = expiry_instant(verified.exp);
-    let expired = tokio::time::sleep_until(exp);
+    // The token's expiry: the close at `exp` and the warning before it, both moved by
+    // `auth:refresh`.
+    let mut exp = verified.exp;
+    let (expires_at, warn_at) = expiry_deadlines(exp);
+    let expired = tokio::time::sleep_until(expires_at);
     tokio::pin!(expired);
-    let warning = tokio::time::sleep_until(exp.checked_sub(EXPIRY_WARNING).unwrap_or(exp));
+    let warning = tokio::time::sleep_until(warn_at);
     tokio::pin!(warning);
     let mut warned = false;
     let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
@@ -134,13 +160,16 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
                 let _ = write(&mut sink, bye).await;
                 break End::Send(close::GOING_AWAY, "server draining, reconnect");
             }
+            () = attachment.revoked.cancelled() => {
+                break End::Send(close::SIGNED_OUT, "signed out");
+            }
             () = attachment.slow.cancelled() => {
                 break End::Send(close::POLICY, "too slow: events were not read");
             }
             () = &mut expired => break End::Send(close::TOKEN_EXPIRED, "token expired"),
             () = &mut warning, if !warned => {
                 warned = true;
-                let ev = ServerEvent::TokenExpiring { exp: verified.exp }.to_json();
+                let ev = ServerEvent::TokenExpiring { exp }.to_json();
                 let _ = replies.try_send(ev);
             }
             out = attachment.rx.recv() => {
@@ -184,12 +213,21 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
                         None => continue,
                     }
                 }
-                let end = match text {
+                let step = match text {
                     Some(text) => handle_frame(&session, &text, &attachment, &inflight).await,
-                    None => queue(&replies, error_event(ApiError::invalid("binary frames are not supported; send JSON text"), None)),
+                    None => queue(&replies, error_event(ApiError::invalid("binary frames are not supported; send JSON text"), None)).into(),
                 };
-                if let Some(end) = end {
-                    break end;
+                match step {
+                    Step::Continue => {}
+                    Step::Refreshed(new_exp) => {
+                        tracing::debug!(old = exp, new = new_exp, "token refreshed");
+                        exp = new_exp;
+                        let (expires_at, warn_at) = expiry_deadlines(exp);
+                        expired.as_mut().reset(expires_at);
+                        warning.as_mut().reset(warn_at);
+                        warned = false;
+                    }
+                    Step::End(end) => break end,
                 }
             }
         }
@@ -219,7 +257,8 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
     tracing::debug!("socket closed");
 }
 
-/// Reads one text frame and starts its command. Returns an end when the client must go.
+/// Reads one text frame and starts its command. Says when the client must go, or when an
+/// `auth:refresh` moved the connection's expiry (which the caller, owning the timers, applies).
 ///
 /// The socket loop is also what drains `replies`, so nothing here may wait on that queue: a full
 /// queue means the client is not reading, and the socket is closed.
@@ -228,12 +267,12 @@ async fn handle_frame(
     text: &str,
     attachment: &Attachment,
     inflight: &Arc<Semaphore>,
-) -> Option<End> {
+) -> Step {
     let limits = &session.state.limits;
     let replies = &attachment.tx;
     let frame = match Frame::parse(text) {
         Ok(f) => f,
-        Err(e) => return queue(replies, error_event(e, None)),
+        Err(e) => return queue(replies, error_event(e, None)).into(),
     };
     let command = match Command::parse(
         &frame.event,
@@ -247,22 +286,38 @@ async fn handle_frame(
                 Err(rejected.error),
                 rejected.client_msg_id,
             );
-            return queue(replies, reply);
+            return queue(replies, reply).into();
         }
     };
+    let id = frame.id;
+    if let Command::AuthRefresh { token } = &command {
+        return match session.refresh(token).await {
+            Ok(Refreshed { exp, reply }) => {
+                match queue(replies, answer_frame(id.as_deref(), Ok(reply), None)) {
+                    Some(end) => Step::End(end),
+                    None => Step::Refreshed(exp),
+                }
+            }
+            Err(e) => queue(replies, answer_frame(id.as_deref(), Err(e), None)).into(),
+        };
+    }
     let client_msg_id = match &command {
         Command::Send(s) => Some(s.client_msg_id.as_str().to_owned()),
         _ => None,
     };
-    let id = frame.id;
     match session.dispatch(command).await {
-        Dispatch::Now(answer) => queue(replies, answer_frame(id.as_deref(), answer, client_msg_id)),
+        Dispatch::Now(answer) => {
+            queue(replies, answer_frame(id.as_deref(), answer, client_msg_id)).into()
+        }
         Dispatch::Later(fut) => {
             // Requests in flight are bounded; at the bound, stop reading this socket (but still
             // notice a client that stopped reading).
             let permit = tokio::select! {
-                p = inflight.clone().acquire_owned() => p.ok()?,
-                () = attachment.slow.cancelled() => return Some(End::Send(close::POLICY, "too slow: replies were not read")),
+                p = inflight.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return Step::Continue,
+                },
+                () = attachment.slow.cancelled() => return Step::End(End::Send(close::POLICY, "too slow: replies were not read")),
             };
             let replies = replies.clone();
             let slow = attachment.slow.clone();
@@ -273,7 +328,7 @@ async fn handle_frame(
                 }
                 drop(permit);
             });
-            None
+            Step::Continue
         }
     }
 }
@@ -371,6 +426,12 @@ fn is_too_big(e: axum::Error) -> bool {
     e.into_inner()
         .downcast_ref::<tungstenite::Error>()
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
+}
+
+/// When a connection whose token expires at `exp` is closed, and when it is warned.
+fn expiry_deadlines(exp: i64) -> (Instant, Instant) {
+    let at = expiry_instant(exp);
+    (at, at.checked_sub(EXPIRY_WARNING).unwrap_or(at))
 }
 
 /// The tokio instant of a Unix `exp`.

@@ -143,6 +143,24 @@ impl TestEnv {
         .await
     }
 
+    pub async fn spawn_auth(&self) -> Process {
+        let config = parley_auth::AuthConfig::from_env(&self.env()).expect("auth config");
+        Process::start(move |stop| async move {
+            let app = parley_auth::Application::build(config)
+                .await
+                .expect("build auth");
+            (
+                None,
+                Box::pin(async move {
+                    app.run_until_stopped(stop.cancelled_owned())
+                        .await
+                        .expect("auth run");
+                }) as RoleFuture,
+            )
+        })
+        .await
+    }
+
     pub async fn spawn_gateway(&self) -> Process {
         let config = parley_gateway::GatewayConfig::from_env(&self.env()).expect("gateway config");
         Process::start(move |stop| async move {

@@ -1,6 +1,7 @@
 //! End-to-end tests of the Parley pipeline against a real NATS and a real Postgres:
 //! client → gateway → JetStream → persistence → Postgres → delivery → gateway → client.
 
+mod accounts;
 mod binary;
 mod faults;
 mod helpers;

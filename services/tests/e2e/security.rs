@@ -1,5 +1,7 @@
 //! Who may connect, and who may see what.
 
+use std::time::Duration;
+
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
@@ -140,17 +142,110 @@ async fn a_send_forged_straight_onto_the_stream_by_a_non_member_is_refused_by_pe
     assert!(env.stored(&conv).await.is_empty());
 }
 
+/// The `exp` of a token this test minted, read back from the token itself.
+fn exp_of(token: &str) -> i64 {
+    let key = jsonwebtoken::DecodingKey::from_secret(SECRET.as_bytes());
+    let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation)
+        .expect("a token of ours")
+        .claims["exp"]
+        .as_i64()
+        .expect("exp")
+}
+
 #[tokio::test]
-async fn a_connection_is_closed_when_its_token_expires() {
+async fn a_connection_not_refreshed_is_closed_within_a_second_of_exp() {
     let env = TestEnv::new().await;
     let gw = env.spawn_gateway().await;
-    let mut alice = WsClient::connect(gw.addr(), &env.token("alice", 2)).await;
+    let token = env.token("alice", 2);
+    let exp = exp_of(&token);
+    let mut alice = WsClient::connect(gw.addr(), &token).await;
     // Warned first (the token is already inside the warning window)...
     let warning = alice.wait_for(|f| f["type"] == "token:expiring").await;
-    assert!(warning["data"]["exp"].as_i64().is_some());
+    assert_eq!(warning["data"]["exp"], exp);
     // ...then closed at exp.
     let (code, reason) = alice.closed().await;
+    let closed_at_ms = chrono::Utc::now().timestamp_millis();
     assert_eq!((code, reason.as_str()), (4001, "token expired"));
+    let exp_ms = exp * 1000;
+    assert!(
+        (exp_ms - 1000..=exp_ms + 1000).contains(&closed_at_ms),
+        "closed {} ms after exp",
+        closed_at_ms - exp_ms
+    );
+}
+
+#[tokio::test]
+async fn a_connection_refreshed_before_exp_stays_open() {
+    let env = TestEnv::new().await;
+    let _persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let connected_at = tokio::time::Instant::now();
+    let short = env.token("alice", 3);
+    let mut alice = WsClient::connect(gw.addr(), &short).await;
+    let warning = alice.wait_for(|f| f["type"] == "token:expiring").await;
+    assert_eq!(warning["data"]["exp"], exp_of(&short));
+
+    let fresh = env.token("alice", 3600);
+    let reply = alice
+        .request("auth:refresh", json!({ "token": fresh }))
+        .await;
+    assert_eq!(reply, json!({"ok": true, "exp": exp_of(&fresh)}));
+
+    // Well past the first token's exp, the connection still works.
+    tokio::time::sleep_until(connected_at + Duration::from_millis(4_500)).await;
+    alice.open_dm("bob").await;
+    assert_eq!(alice.closed, None);
+}
+
+#[tokio::test]
+async fn auth_refresh_with_a_bad_or_foreign_token_is_refused_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    let _persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let token = env.token("alice", 5);
+    let exp = exp_of(&token);
+    let mut alice = WsClient::connect(gw.addr(), &token).await;
+
+    let refused =
+        json!({"ok": false, "error": {"code": "unauthenticated", "message": "token refused"}});
+    let forged = token_with("alice", 3600, "some-other-secret-entirely-000");
+    let mut tampered = env.token("alice", 3600);
+    tampered.insert(tampered.len() - 2, 'x');
+    for bad in [
+        forged,
+        tampered,
+        env.token("alice", -2),
+        "not a token".into(),
+    ] {
+        let reply = alice.request("auth:refresh", json!({ "token": bad })).await;
+        assert_eq!(reply, refused);
+    }
+    let bobs = env.token("bob", 3600);
+    let reply = alice
+        .request("auth:refresh", json!({ "token": bobs }))
+        .await;
+    assert_eq!(
+        reply,
+        json!({"ok": false, "error": {"code": "forbidden", "message": "token is for another user"}})
+    );
+    let reply = alice.request("auth:refresh", json!({})).await;
+    assert_eq!(reply["error"]["code"], "invalid");
+
+    // The connection is still up and still alice's...
+    let conv = alice.open_dm("bob").await;
+    assert_eq!(
+        alice.send_message(&conv, "r-1", "still here").await["ok"],
+        true
+    );
+    // ...and still ends at the first token's exp: none of the refused tokens' hours were granted.
+    let (code, _) = alice.closed().await;
+    let closed_at_ms = chrono::Utc::now().timestamp_millis();
+    assert_eq!(code, 4001);
+    assert!(
+        closed_at_ms <= exp * 1000 + 1000,
+        "closed {closed_at_ms} for exp {exp}"
+    );
 }
 
 /// A session token from the real `@auth/core` `encode()`, as a Next.js app sets it.

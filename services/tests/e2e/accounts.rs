@@ -1,0 +1,381 @@
+//! Parley's own accounts, walked as a browser and an app would: HTTP with a cookie jar, then the
+//! socket with the token the cookie gets.
+
+use serde_json::{Value, json};
+
+use crate::helpers::{Process, TestEnv, WsClient};
+
+/// A browser: an HTTP client that keeps cookies between requests.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}
+
+async fn register(http: &reqwest::Client, gw: &Process, name: &str) -> Value {
+    let r = http
+        .post(format!("http://{}/api/auth/register", gw.addr()))
+        .json(&json!({"username": name, "email": format!("{name}@example.com"), "password": "correct horse battery", "displayName": name.to_uppercase()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{:?}", r.text().await);
+    r.json().await.unwrap()
+}
+
+async fn token_from_cookie(http: &reqwest::Client, gw: &Process) -> reqwest::Response {
+    http.get(format!("http://{}/api/auth/token", gw.addr()))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_browser_registers_signs_in_gets_a_token_from_its_cookie_and_chats() {
+    let env = TestEnv::new().await;
+    let _auth = env.spawn_auth().await;
+    let _persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+
+    // Register: 201, an httpOnly session cookie, and a token in the body.
+    let alice_browser = browser();
+    let r = alice_browser
+        .post(format!("http://{}/api/auth/register", gw.addr()))
+        .json(&json!({"username": "alice", "email": "alice@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("parley_session="), "{cookie}");
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(!cookie.contains("Secure"), "plain http: no Secure flag");
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["user"]["username"], "alice");
+    assert_eq!(body["user"]["displayName"], "alice");
+    assert!(
+        body.get("session").is_none(),
+        "the session secret stays in the cookie"
+    );
+    let alice_id = body["user"]["id"].as_str().unwrap().to_owned();
+
+    // The same name again is refused.
+    let again = browser()
+        .post(format!("http://{}/api/auth/register", gw.addr()))
+        .json(&json!({"username": "ALICE", "email": "other@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+
+    // Bob signs in (after registering in another browser) with his email.
+    let bob_browser = browser();
+    let bob_id = register(&bob_browser, &gw, "bob").await["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = bob_browser
+        .post(format!("http://{}/api/auth/login", gw.addr()))
+        .json(&json!({"username": "BOB@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The route the seed's browser code calls: {token} from the cookie.
+    let r = token_from_cookie(&alice_browser, &gw).await;
+    assert_eq!(r.status(), 200);
+    let alice_token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = token_from_cookie(&bob_browser, &gw).await;
+    let bob_token = r.json::<Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        token_from_cookie(&browser(), &gw).await.status(),
+        401,
+        "no cookie, no token"
+    );
+
+    // Both connect with their tokens and chat.
+    let mut alice = WsClient::connect(gw.addr(), &alice_token).await;
+    let mut bob = WsClient::connect(gw.addr(), &bob_token).await;
+    let conv = alice.open_dm(&bob_id).await;
+    alice.send_message(&conv, "h1", "hello bob").await;
+    let got = bob.messages(&conv, 1).await;
+    assert_eq!(got[0]["senderId"], alice_id.as_str());
+
+    // User search, signed in only.
+    let r = alice_browser
+        .get(format!("http://{}/api/users?query=bo", gw.addr()))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let users: Value = r.json().await.unwrap();
+    assert_eq!(
+        users["users"],
+        json!([{"id": bob_id, "username": "bob", "displayName": "BOB"}])
+    );
+    let r = reqwest::get(format!("http://{}/api/users?query=bo", gw.addr()))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // The JWKS is public.
+    let jwks: Value = reqwest::get(format!("http://{}/.well-known/jwks.json", gw.addr()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"][0]["kty"], "OKP");
+    assert_eq!(jwks["keys"][0]["crv"], "Ed25519");
+}
+
+#[tokio::test]
+async fn a_browser_connects_with_just_its_session_cookie() {
+    let env = TestEnv::new().await;
+    let _auth = env.spawn_auth().await;
+    let gw = env.spawn_gateway().await;
+    let http = browser();
+    register(&http, &gw, "carol").await;
+    let r = http
+        .post(format!("http://{}/api/auth/login", gw.addr()))
+        .json(&json!({"username": "carol", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = r.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/ws", gw.addr())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("cookie", cookie.parse().unwrap());
+    assert!(tokio_tungstenite::connect_async(request).await.is_ok());
+}
+
+#[tokio::test]
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_the_whole_session() {
+    let env = TestEnv::new().await;
+    let _auth = env.spawn_auth().await;
+    let gw = env.spawn_gateway().await;
+    let http = browser();
+    let first = register(&http, &gw, "dave").await["refreshToken"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refresh = |token: String| {
+        let url = format!("http://{}/api/auth/refresh", gw.addr());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"refreshToken": token}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = refresh(first.clone()).await;
+    assert_eq!(r.status(), 200);
+    let second: Value = r.json().await.unwrap();
+    let second_token = second["refreshToken"].as_str().unwrap().to_owned();
+    assert_ne!(second_token, first, "rotated");
+    assert!(second["token"].is_string());
+
+    // The spent one comes back (stolen): refused, and the whole session with it.
+    assert_eq!(refresh(first).await.status(), 401);
+    assert_eq!(
+        refresh(second_token).await.status(),
+        401,
+        "the family is revoked"
+    );
+    assert_eq!(
+        token_from_cookie(&http, &gw).await.status(),
+        401,
+        "the cookie's session too"
+    );
+    assert_eq!(refresh("made-up".into()).await.status(), 401);
+}
+
+#[tokio::test]
+async fn the_eleventh_wrong_password_in_a_minute_is_rate_limited_and_others_still_sign_in() {
+    let env = TestEnv::new().await;
+    let _auth = env.spawn_auth().await;
+    let gw = env.spawn_gateway().await;
+    let http = browser();
+    register(&http, &gw, "erin").await;
+    register(&http, &gw, "frank").await;
+    let login = |user: &'static str, password: &'static str| {
+        let url = format!("http://{}/api/auth/login", gw.addr());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"username": user, "password": password}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..10 {
+        assert_eq!(login("erin", "wrong password!").await.status(), 401);
+    }
+    let r = login("erin", "wrong password!").await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "rate_limited"
+    );
+    // Even the right password waits out the minute for that account...
+    assert_eq!(login("erin", "correct horse battery").await.status(), 429);
+    // ...while another account signs in from the same address.
+    assert_eq!(login("frank", "correct horse battery").await.status(), 200);
+    // An unknown account is the same 401 as a wrong password.
+    let r = login("nobody", "whatever-password").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["message"],
+        "wrong username or password"
+    );
+}
+
+#[tokio::test]
+async fn bad_account_requests_get_clear_errors() {
+    let env = TestEnv::new().await;
+    let _auth = env.spawn_auth().await;
+    let gw = env.spawn_gateway().await;
+    let url = format!("http://{}/api/auth/register", gw.addr());
+    for (body, what) in [
+        (
+            json!({"username": "x", "email": "x@example.com", "password": "long enough pw"}),
+            "username",
+        ),
+        (
+            json!({"username": "xavier", "email": "not-an-email", "password": "long enough pw"}),
+            "email",
+        ),
+        (
+            json!({"username": "xavier", "email": "x@example.com", "password": "short"}),
+            "password",
+        ),
+    ] {
+        let r = reqwest::Client::new()
+            .post(&url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["code"], "invalid");
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(what),
+            "{e}"
+        );
+    }
+    let r = reqwest::Client::new()
+        .post(&url)
+        .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn with_the_auth_role_down_sign_in_answers_503() {
+    let env = TestEnv::new().await;
+    let gw = env.spawn_gateway().await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/auth/login", gw.addr()))
+        .json(&json!({"username": "alice", "password": "whatever-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "unavailable"
+    );
+}
+
+#[tokio::test]
+async fn logout_closes_that_sessions_sockets_on_every_gateway_and_no_others() {
+    let env = TestEnv::new().await;
+    let _auth = env.spawn_auth().await;
+    let _persistence = env.spawn_persistence().await;
+    let gw_a = env.spawn_gateway().await;
+    let gw_b = env.spawn_gateway().await;
+
+    let laptop = browser();
+    register(&laptop, &gw_a, "gina").await;
+    let phone = browser();
+    let r = phone
+        .post(format!("http://{}/api/auth/login", gw_b.addr()))
+        .json(&json!({"username": "gina", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let laptop_token = token_from_cookie(&laptop, &gw_a)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let phone_token = token_from_cookie(&phone, &gw_b)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The laptop's session has sockets on both gateways; the phone's session one.
+    let mut laptop_a = WsClient::connect(gw_a.addr(), &laptop_token).await;
+    let mut laptop_b = WsClient::connect(gw_b.addr(), &laptop_token).await;
+    let mut phone_b = WsClient::connect(gw_b.addr(), &phone_token).await;
+
+    let r = laptop
+        .post(format!("http://{}/api/auth/logout", gw_a.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+
+    assert_eq!(laptop_a.closed().await, (4002, "signed out".to_owned()));
+    assert_eq!(laptop_b.closed().await, (4002, "signed out".to_owned()));
+    // The other session is untouched.
+    let conv = phone_b.open_dm("someone").await;
+    assert_eq!(
+        phone_b.send_message(&conv, "p1", "still here").await["ok"],
+        true
+    );
+    // And the signed-out cookie gets no new token.
+    assert_eq!(token_from_cookie(&laptop, &gw_a).await.status(), 401);
+}
