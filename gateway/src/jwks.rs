@@ -1,6 +1,7 @@
 //! Keeping the verifier's copy of the auth role's JWKS: fetched over NATS at start, and again
-//! (at most every few seconds) when a token names a key we do not have, which is how a key
-//! rotation reaches the gateways.
+//! when a token names a key we do not have, which is how a key rotation reaches the gateways.
+//! Fetches are at most one a second, and callers that wait meanwhile share the next one, so
+//! tokens with made-up `kid`s cannot flood the auth role.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use parley_common::subjects::Subjects;
 use tokio::sync::Mutex;
 
 /// The least time between two fetches.
-const MIN_REFETCH: Duration = Duration::from_secs(5);
+const MIN_REFETCH: Duration = Duration::from_secs(1);
 
 pub struct JwksCache {
     nats: async_nats::Client,
@@ -30,14 +31,19 @@ impl JwksCache {
         }
     }
 
-    /// Fetches the JWKS into `verifier`, unless it was fetched a moment ago.
+    /// Fetches the JWKS into `verifier`: now, or (if one was fetched less than a second ago)
+    /// once the second is up. A fetch made while this call waited counts as its own.
     pub async fn refresh(&self, verifier: &Verifier) {
         if !verifier.accepts_parley_tokens() {
             return;
         }
+        let asked = Instant::now();
         let mut last = self.last_fetch.lock().await;
-        if last.is_some_and(|t| t.elapsed() < MIN_REFETCH) {
-            return;
+        if let Some(t) = *last {
+            if t > asked {
+                return;
+            }
+            tokio::time::sleep(MIN_REFETCH.saturating_sub(t.elapsed())).await;
         }
         *last = Some(Instant::now());
         let reply = self

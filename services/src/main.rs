@@ -32,6 +32,9 @@ pub enum Role {
     All,
     /// Bring the database schema up to date and exit.
     Migrate,
+    /// Start signing access tokens with a new key (the old one stays in the JWKS until its
+    /// tokens have expired) and exit. Auth replicas pick it up within a minute.
+    RotateKey,
 }
 
 /// The exit code for a missing or malformed setting (EX_USAGE).

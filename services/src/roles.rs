@@ -38,6 +38,9 @@ pub enum Config {
         persistence: PersistenceConfig,
         auth: AuthConfig,
     },
+    RotateKey {
+        auth: AuthConfig,
+    },
 }
 
 impl Config {
@@ -62,6 +65,9 @@ impl Config {
                 auth: AuthConfig::from_env(env)?,
                 admin_port: admin_port()?,
             },
+            Role::RotateKey => Config::RotateKey {
+                auth: AuthConfig::from_env(env)?,
+            },
             Role::Migrate => Config::Migrate {
                 persistence: PersistenceConfig::from_env(env)?,
                 auth: AuthConfig::from_env(env)?,
@@ -84,6 +90,19 @@ pub async fn run(
         });
     }
     match config {
+        Config::RotateKey { auth } => {
+            let pool = parley_auth::db::connect(&auth)
+                .await
+                .context("cannot connect to the database")?;
+            parley_auth::db::migrate(&pool)
+                .await
+                .context("auth migrations failed")?;
+            let kid = parley_auth::store::keys::rotate(&pool)
+                .await
+                .context("key rotation failed")?;
+            tracing::info!(%kid, "signing key rotated");
+            Ok(())
+        }
         Config::Migrate { persistence, auth } => {
             let pool = parley_persistence::db::connect(&persistence)
                 .await

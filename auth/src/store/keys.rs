@@ -43,14 +43,17 @@ pub async fn ensure_active(pool: &PgPool) -> sqlx::Result<()> {
     tx.commit().await
 }
 
-/// Rotation: a new key signs from now on; the old ones stay published until their tokens expire.
-pub async fn rotate(pool: &PgPool) -> sqlx::Result<()> {
+/// Rotation: a new key signs from now on; the old ones stay published until their tokens
+/// expire. Returns the new key's `kid`.
+pub async fn rotate(pool: &PgPool) -> sqlx::Result<String> {
     let mut tx = pool.begin().await?;
     sqlx::query("update auth.signing_keys set retired_at = now() where retired_at is null")
         .execute(&mut *tx)
         .await?;
-    insert(&mut tx, &signing::generate()).await?;
-    tx.commit().await
+    let key = signing::generate();
+    insert(&mut tx, &key).await?;
+    tx.commit().await?;
+    Ok(key.kid)
 }
 
 async fn insert(conn: &mut sqlx::PgConnection, key: &StoredKey) -> sqlx::Result<()> {

@@ -379,3 +379,126 @@ async fn logout_closes_that_sessions_sockets_on_every_gateway_and_no_others() {
     // And the signed-out cookie gets no new token.
     assert_eq!(token_from_cookie(&laptop, &gw_a).await.status(), 401);
 }
+
+#[tokio::test]
+async fn after_a_key_rotation_old_tokens_still_verify_and_new_ones_use_the_new_key() {
+    let env = TestEnv::new().await;
+    let auth = env.spawn_auth().await;
+    let gw = env.spawn_gateway().await;
+    let http = browser();
+    let old_token = register(&http, &gw, "hank").await["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The gateway learns the first key.
+    WsClient::connect(gw.addr(), &old_token).await;
+
+    let new_kid = parley_auth::store::keys::rotate(&env.pool).await.unwrap();
+    // An auth replica picks the rotation up (a restart here; a running one within a minute).
+    auth.stop().await;
+    let _auth = env.spawn_auth().await;
+
+    let new_token = token_from_cookie(&http, &gw)
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let header = jsonwebtoken::decode_header(&new_token).unwrap();
+    assert_eq!(header.kid.as_deref(), Some(new_kid.as_str()));
+    // The gateway has never seen the new kid: it refetches the JWKS and accepts the token...
+    WsClient::connect(gw.addr(), &new_token).await;
+    // ...and the old token, signed by the retired key, is still good until it expires.
+    WsClient::connect(gw.addr(), &old_token).await;
+    let jwks: Value = reqwest::get(format!("http://{}/.well-known/jwks.json", gw.addr()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn every_forged_parley_token_gets_401_and_only_unauthenticated() {
+    use base64::Engine;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let env = TestEnv::new().await;
+    let _auth = env.spawn_auth().await;
+    let gw = env.spawn_gateway().await;
+    let http = browser();
+    let genuine = register(&http, &gw, "ivan").await;
+    let user = genuine["user"]["id"].as_str().unwrap().to_owned();
+    let jwks: Value = reqwest::get(format!("http://{}/.well-known/jwks.json", gw.addr()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kid = jwks["keys"][0]["kid"].as_str().unwrap().to_owned();
+    let public_x = jwks["keys"][0]["x"].as_str().unwrap().to_owned();
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let exp = chrono::Utc::now().timestamp() + 600;
+
+    // An attacker's own key, passed off under the real kid.
+    let mut theirs = parley_auth::signing::generate();
+    theirs.kid = kid.clone();
+    let attacker = parley_auth::signing::KeyRing::new(vec![theirs]).unwrap();
+    let mut confused = Header::new(Algorithm::HS256);
+    confused.kid = Some(kid.clone());
+    let forged = [
+        (
+            "another key, same kid",
+            attacker.sign(&user, "s", "parley", "parley", 600).0,
+        ),
+        (
+            "unknown kid",
+            parley_auth::signing::KeyRing::new(vec![parley_auth::signing::generate()])
+                .unwrap()
+                .sign(&user, "s", "parley", "parley", 600)
+                .0,
+        ),
+        (
+            "HS256 keyed with the public key",
+            jsonwebtoken::encode(
+                &confused,
+                &json!({"sub": user, "exp": exp, "iss": "parley", "aud": "parley"}),
+                &EncodingKey::from_secret(public_x.as_bytes()),
+            )
+            .unwrap(),
+        ),
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(&format!(r#"{{"alg":"none","kid":"{kid}"}}"#)),
+                b64(&format!(
+                    r#"{{"sub":"{user}","exp":{exp},"iss":"parley","aud":"parley"}}"#
+                ))
+            ),
+        ),
+        ("oversized", format!("{}.{}.x", b64("{}"), "a".repeat(9000))),
+    ];
+    let expected =
+        json!({"error": {"code": "unauthenticated", "message": "a valid token is required"}});
+    for (what, token) in forged {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}/api/users?query=iv", gw.addr()))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{what}");
+        assert_eq!(r.json::<Value>().await.unwrap(), expected, "{what}");
+    }
+    // The genuine token passes the same door.
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/api/users?query=iv", gw.addr()))
+        .bearer_auth(genuine["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
