@@ -46,7 +46,10 @@ impl AuthService {
             let endpoint = group.endpoint(op.as_str()).await.map_err(Error::nats)?;
             endpoints.push(endpoint.map(move |r| (op, r)).boxed());
         }
-        ctx.nats.flush().await.map_err(Error::nats)?;
+        // Requests find a responder once this returns.
+        parley_common::nats::round_trip(&ctx.nats)
+            .await
+            .map_err(Error::nats)?;
         Ok(Self {
             ctx,
             service,

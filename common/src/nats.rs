@@ -99,3 +99,23 @@ pub async fn ensure_streams(
     }
     Ok(())
 }
+
+/// Waits until the server has processed everything `client` sent before (subscriptions above
+/// all): a message to a fresh inbox comes back only after the server handled the commands ahead
+/// of it. `flush` alone only empties the local buffer.
+pub async fn round_trip(client: &async_nats::Client) -> Result<(), SetupError> {
+    use futures::StreamExt;
+    let inbox = client.new_inbox();
+    let mut echo = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| SetupError(e.to_string()))?;
+    client
+        .publish(inbox, bytes::Bytes::new())
+        .await
+        .map_err(|e| SetupError(e.to_string()))?;
+    match tokio::time::timeout(Duration::from_secs(5), echo.next()).await {
+        Ok(Some(_)) => Ok(()),
+        _ => Err(SetupError("the NATS server did not echo in time".into())),
+    }
+}

@@ -186,7 +186,7 @@ impl Fanout {
                 return false;
             }
         };
-        if let Err(e) = self.round_trip().await {
+        if let Err(e) = parley_common::nats::round_trip(&self.nats).await {
             tracing::warn!(error = %e, "cannot confirm a subscription");
             return false;
         }
@@ -212,26 +212,6 @@ impl Fanout {
             task.abort();
         }
         true
-    }
-
-    /// Waits until the server has processed everything this connection sent before: a message
-    /// to a fresh inbox comes back only after the server handled the commands ahead of it
-    /// (`flush` alone only empties the local buffer).
-    async fn round_trip(&self) -> Result<(), String> {
-        let inbox = self.nats.new_inbox();
-        let mut echo = self
-            .nats
-            .subscribe(inbox.clone())
-            .await
-            .map_err(|e| e.to_string())?;
-        self.nats
-            .publish(inbox, Bytes::new())
-            .await
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, echo.next()).await {
-            Ok(Some(_)) => Ok(()),
-            _ => Err("the server did not echo in time".into()),
-        }
     }
 
     fn detach(&self, user: &UserId, id: u64) {

@@ -16,7 +16,9 @@ pub async fn watch(state: AppState) -> Result<tokio::task::JoinHandle<()>> {
         .subscribe(state.subjects.ctl_user_all())
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
-    nats.flush().await.map_err(|e| Error::Nats(e.to_string()))?;
+    parley_common::nats::round_trip(&nats)
+        .await
+        .map_err(|e| Error::Nats(e.to_string()))?;
     Ok(tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
             let Ok(event) = serde_json::from_slice::<SessionRevoked>(&msg.payload) else {

@@ -48,7 +48,10 @@ impl ChatService {
             let endpoint = group.endpoint(op.as_str()).await.map_err(Error::nats)?;
             endpoints.push(endpoint.map(move |req| (op, req)).boxed());
         }
-        ctx.nats.flush().await.map_err(Error::nats)?;
+        // Requests find a responder once this returns.
+        parley_common::nats::round_trip(&ctx.nats)
+            .await
+            .map_err(Error::nats)?;
         Ok(Self {
             ctx,
             service,
