@@ -12,6 +12,7 @@
 //! - [`wire`]: the JSON shapes of DESIGN §4 and §6, and the commands carried over JetStream.
 //! - [`rpc`]: the request/reply envelope used over NATS and echoed to clients.
 //! - [`nats`]: connecting, and creating the JetStream streams idempotently.
+//! - [`service`]: running a NATS request/reply service with bounded concurrency.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on each role's admin port.
 //! - [`telemetry`]: logging set-up.
 //! - [`shutdown`]: the one shutdown signal (Ctrl-C or SIGTERM).
@@ -21,6 +22,7 @@ pub mod config;
 pub mod domain;
 pub mod nats;
 pub mod rpc;
+pub mod service;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;

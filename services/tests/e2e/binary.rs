@@ -115,6 +115,22 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
         .await;
     assert_eq!(alice.messages(&conv, 1).await[0]["seq"], 1);
 
+    // A forged token: the client hears only 401 unauthenticated; the log says why.
+    let forged = crate::helpers::token_with("alice", 600, "not-the-secret-of-this-server-0000");
+    let refused = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/users?query=a"))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    assert!(
+        !body.to_string().contains("signature"),
+        "no reason told: {body}"
+    );
+
     // SIGTERM: the client is told to reconnect, the socket closes, the process exits 0.
     let pid = child.id().expect("pid");
     let killed = std::process::Command::new("kill")
@@ -142,6 +158,11 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
         logs.push_str(&line);
     }
     assert!(logs.contains("gateway listening"), "{logs}");
+    assert!(
+        logs.contains("refused a token") && logs.contains("signature does not verify"),
+        "the refusal's reason is logged: {logs}"
+    );
+    assert!(!logs.contains(&forged), "the token itself is never logged");
     assert!(!logs.contains("through the binary"));
     assert!(!logs.contains(SECRET));
 }
