@@ -36,23 +36,34 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let mut token = bearer(parts).or_else(|| query_token(parts));
-        if token.is_none()
-            && let Some(session) = cookie_value(&parts.headers, SESSION_COOKIE)
-        {
-            token = exchange_session(state, session).await;
-        }
-        let result = match token {
-            Some(t) => state.jwks.verify(&state.verifier, &t).await,
-            None => state.verifier.verify_cookies(&cookies(&parts.headers)),
-        };
-        match result {
+        let token = bearer(parts).or_else(|| query_token(parts));
+        match authenticate(state, token, &parts.headers).await {
             Ok(v) => Ok(AuthUser(v)),
             Err(reason) => {
                 tracing::info!(%reason, path = %parts.uri.path(), "refused a token");
                 Err(Unauthenticated)
             }
         }
+    }
+}
+
+/// Checks the token a client presented, or, without one, its cookies: Parley's session cookie
+/// (exchanged with the auth role for an access token), else an Auth.js session cookie. Both
+/// transports authenticate through here.
+pub async fn authenticate(
+    state: &AppState,
+    token: Option<String>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Verified, parley_auth::VerifyError> {
+    let mut token = token.filter(|t| !t.trim().is_empty());
+    if token.is_none()
+        && let Some(session) = cookie_value(headers, SESSION_COOKIE)
+    {
+        token = exchange_session(state, session).await;
+    }
+    match token {
+        Some(t) => state.jwks.verify(&state.verifier, &t).await,
+        None => state.verifier.verify_cookies(&cookies(headers)),
     }
 }
 

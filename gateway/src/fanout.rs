@@ -72,6 +72,22 @@ impl Attachment {
     pub fn allow(&self) -> bool {
         self.entry.rate.lock().expect("rate lock").allow()
     }
+
+    /// A handle on the user's rate limit, for code that does not own the attachment.
+    pub fn limiter(&self) -> UserLimiter {
+        UserLimiter(self.entry.clone())
+    }
+}
+
+/// The user's rate limit, shared by all their sockets on this gateway.
+#[derive(Clone)]
+pub struct UserLimiter(Arc<UserEntry>);
+
+impl UserLimiter {
+    /// Takes one frame's worth of the user's rate limit.
+    pub fn allow(&self) -> bool {
+        self.0.rate.lock().expect("rate lock").allow()
+    }
 }
 
 impl Drop for Attachment {

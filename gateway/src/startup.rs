@@ -20,7 +20,7 @@ use crate::error::{Error, Result};
 use crate::fanout::Fanout;
 use crate::jwks::JwksCache;
 use crate::state::{AppState, Shared};
-use crate::transport::ws;
+use crate::transport::{socketio, ws};
 use crate::{http, revocation};
 
 /// Sends awaiting the broker's acknowledgement, across the gateway; past it, sends wait.
@@ -87,10 +87,12 @@ impl Application {
     }
 
     pub fn router(state: AppState) -> Router {
+        let (socketio, _io) = socketio::layer(state.clone());
         Router::new()
             .route("/ws", get(ws::upgrade))
             .merge(http::routes())
             .with_state(state)
+            .layer(socketio)
     }
 
     /// Serves until `shutdown` resolves, then drains: `/readyz` turns false, no new connections

@@ -9,3 +9,4 @@ mod measure;
 mod pipeline;
 mod protocol;
 mod security;
+mod socketio;
