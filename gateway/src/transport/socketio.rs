@@ -153,7 +153,8 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
 /// sign-out, expiry.
 async fn pump(s: SocketRef, state: AppState, conn: Arc<Conn>, mut attachment: Attachment) {
     let mut exp_rx = conn.exp.subscribe();
-    loop {
+    // One round per token: `auth:refresh` starts the next with the new exp.
+    'token: loop {
         let exp = *exp_rx.borrow_and_update();
         let deadline = instant_of(exp);
         let warn_at = deadline.checked_sub(EXPIRY_WARNING).unwrap_or(deadline);
@@ -165,7 +166,7 @@ async fn pump(s: SocketRef, state: AppState, conn: Arc<Conn>, mut attachment: At
         tokio::pin!(warning);
         let expired = tokio::time::sleep_until(deadline);
         tokio::pin!(expired);
-        let refreshed = loop {
+        loop {
             tokio::select! {
                 biased;
                 () = conn.gone.cancelled() => return,
@@ -195,7 +196,7 @@ async fn pump(s: SocketRef, state: AppState, conn: Arc<Conn>, mut attachment: At
                 }
                 changed = exp_rx.changed() => {
                     if changed.is_err() { return; }
-                    break true;
+                    continue 'token;
                 }
                 out = attachment.rx.recv() => {
                     let Some(frame) = out else { return };
@@ -205,8 +206,7 @@ async fn pump(s: SocketRef, state: AppState, conn: Arc<Conn>, mut attachment: At
                     }
                 }
             }
-        };
-        debug_assert!(refreshed);
+        }
     }
 }
 
