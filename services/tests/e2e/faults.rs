@@ -27,22 +27,33 @@ async fn persistence_killed_mid_stream_and_restarted_stores_every_accepted_messa
     let conv = alice.open_dm("bob").await;
 
     const TOTAL: usize = 600;
-    let mut accepted = Vec::new();
-    for n in 0..TOTAL {
-        alice
-            .send_frame(&json!({"type": "message:send", "id": n, "data": {
-                "conversationId": conv, "clientMsgId": format!("k{n}"), "content": format!("m{n}")}}))
-            .await;
-    }
+    // Alice streams her sends, 50 in flight at a time, reading as a live client does.
+    let sender = tokio::spawn({
+        let conv = conv.clone();
+        async move {
+            let mut accepted = Vec::new();
+            for chunk in 0..TOTAL / 50 {
+                let ids = chunk * 50..(chunk + 1) * 50;
+                for n in ids.clone() {
+                    alice
+                        .send_frame(&json!({"type": "message:send", "id": n, "data": {
+                            "conversationId": conv, "clientMsgId": format!("k{n}"), "content": format!("m{n}")}}))
+                        .await;
+                }
+                for n in ids {
+                    let ack = alice.wait_for(|f| f["type"] == "ack" && f["id"] == n).await;
+                    if ack["data"]["ok"] == true {
+                        accepted.push(n);
+                    }
+                }
+            }
+            accepted
+        }
+    });
     // Kill persistence once the first messages are through, in the middle of the stream.
     bob.messages(&conv, 50).await;
     persistence.kill();
-    for n in 0..TOTAL {
-        let ack = alice.wait_for(|f| f["type"] == "ack" && f["id"] == n).await;
-        if ack["data"]["ok"] == true {
-            accepted.push(n);
-        }
-    }
+    let accepted = sender.await.unwrap();
     assert_eq!(
         accepted.len(),
         TOTAL,
