@@ -5,6 +5,7 @@ mod accounts;
 mod binary;
 mod faults;
 mod helpers;
+mod jsclient;
 mod measure;
 mod pipeline;
 mod protocol;

@@ -1,0 +1,76 @@
+// The wire types of Parley's client protocol (DESIGN §4, §6): camelCase, RFC 3339 UTC strings.
+
+export type ErrorCode =
+  | "unauthenticated"
+  | "forbidden"
+  | "not_found"
+  | "invalid"
+  | "too_large"
+  | "rate_limited"
+  | "unavailable";
+
+export interface ApiError {
+  code: ErrorCode;
+  message: string;
+}
+
+/** Every request is answered `{ok: true, ...}` or `{ok: false, error}`. */
+export type Reply<T> = ({ ok: true } & T) | { ok: false; error: ApiError };
+
+export interface Message {
+  id: string;
+  conversationId: string;
+  seq: number;
+  senderId: string;
+  clientMsgId: string;
+  content: string;
+  readAt: string | null;
+  createdAt: string;
+  editedAt: string | null;
+  deletedAt: string | null;
+}
+
+export interface Conversation {
+  id: string;
+  kind: "direct" | "group";
+  title: string | null;
+  participantIds: string[];
+  lastSeq: number;
+  lastMessageAt: string | null;
+  createdAt: string;
+}
+
+export interface SyncPosition {
+  conversationId: string;
+  afterSeq: number;
+}
+
+/** Client → server events: data and the reply each acknowledgement carries. */
+export interface ClientEvents {
+  "message:send": {
+    data: { conversationId?: string; to?: string; content: string; clientMsgId: string };
+    reply: Reply<{ clientMsgId: string; conversationId: string; status: "accepted" }>;
+  };
+  "conversation:open": {
+    data: { participantIds: string[]; title?: string };
+    reply: Reply<{ conversation: Conversation }>;
+  };
+  "message:history": {
+    data: { conversationId: string; beforeSeq?: number; limit?: number };
+    reply: Reply<{ messages: Message[] }>;
+  };
+  sync: {
+    data: { conversations: SyncPosition[]; limit?: number };
+    reply: Reply<{ messages: Message[]; hasMore: boolean }>;
+  };
+  "auth:refresh": { data: { token: string }; reply: Reply<{ exp: number }> };
+}
+
+/** Server → client events. */
+export interface ServerEvents {
+  "message:new": (message: Message) => void;
+  "conversation:new": (conversation: Conversation) => void;
+  error: (error: ApiError & { clientMsgId?: string }) => void;
+  "token:expiring": (data: { exp: number }) => void;
+  "server:draining": (data: { reconnectAfterMs: number }) => void;
+}

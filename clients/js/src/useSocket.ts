@@ -1,0 +1,176 @@
+"use client";
+import { useEffect, useRef, useState } from "react";
+import { getSocket, request, type ParleySocket } from "./socket.js";
+import type { Message } from "./types.js";
+
+export interface UseSocketOptions {
+  /** The gateway's URL; the page's own origin when absent. */
+  url?: string;
+  /** Where a fresh access token comes from: by default `GET /api/auth/token` with the cookie. */
+  getToken?: () => Promise<string>;
+  /** Every message, live or recovered by `sync` after a reconnect, once each, in seq order. */
+  onMessage?: (message: Message) => void;
+}
+
+export interface UseSocket {
+  socket: ParleySocket | null;
+  isConnected: boolean;
+  /** Set when no token could be had (signed out). */
+  error: string | null;
+}
+
+async function fetchToken(): Promise<string> {
+  const r = await fetch("/api/auth/token", { credentials: "include" });
+  if (!r.ok) throw new Error(r.status === 401 ? "unauthenticated" : `token route answered ${r.status}`);
+  const body = (await r.json()) as { token: string };
+  return body.token;
+}
+
+/**
+ * Connects to Parley once a token is fetched, tracks `isConnected`, fetches a fresh token and
+ * reconnects after an auth failure or when the token is about to expire, remembers the last
+ * `seq` of every conversation and calls `sync` after each reconnect, so nothing sent while the
+ * connection was down is missed. Closes the socket on unmount.
+ */
+export function useSocket(options: UseSocketOptions = {}): UseSocket {
+  const [socket, setSocket] = useState<ParleySocket | null>(null);
+  const [isConnected, setConnected] = useState(false);
+  const [error, setError] = useState<string | null>(null);
+  const optionsRef = useRef(options);
+  optionsRef.current = options;
+
+  useEffect(() => {
+    let closed = false;
+    let current: ParleySocket | null = null;
+    const lastSeq = new Map<string, number>();
+    const getToken = () => (optionsRef.current.getToken ?? fetchToken)();
+
+    // Messages are handed on gap-free: a live message that skips ahead of what was delivered
+    // waits while `sync` fetches the ones in between (they were missed while disconnected, or
+    // are still on their way).
+    const pending = new Map<string, Message[]>();
+    const syncing = new Set<string>();
+    let socketForSync: ParleySocket | null = null;
+
+    const emitInOrder = (m: Message) => {
+      const last = lastSeq.get(m.conversationId);
+      if (last !== undefined && m.seq <= last) return; // already delivered
+      lastSeq.set(m.conversationId, m.seq);
+      optionsRef.current.onMessage?.(m);
+    };
+
+    const drain = (conversationId: string) => {
+      const waiting = (pending.get(conversationId) ?? []).sort((a, b) => a.seq - b.seq);
+      pending.delete(conversationId);
+      for (const m of waiting) {
+        const last = lastSeq.get(conversationId) ?? 0;
+        if (m.seq <= last) continue;
+        if (m.seq !== last + 1) {
+          // Still a gap: keep waiting for a sync.
+          pending.set(conversationId, [m, ...(pending.get(conversationId) ?? [])]);
+          continue;
+        }
+        emitInOrder(m);
+      }
+    };
+
+    const catchUpOne = async (conversationId: string) => {
+      const s = socketForSync;
+      if (!s || syncing.has(conversationId)) return;
+      syncing.add(conversationId);
+      try {
+        for (;;) {
+          const afterSeq = lastSeq.get(conversationId) ?? 0;
+          const reply = await request(s, "sync", { conversations: [{ conversationId, afterSeq }] });
+          if (!reply.ok) return;
+          reply.messages.forEach(emitInOrder);
+          if (!reply.hasMore) break;
+        }
+      } finally {
+        syncing.delete(conversationId);
+        drain(conversationId);
+      }
+    };
+
+    const deliver = (m: Message) => {
+      const last = lastSeq.get(m.conversationId);
+      if (last === undefined || m.seq === last + 1) {
+        emitInOrder(m);
+        drain(m.conversationId);
+      } else if (m.seq > last + 1) {
+        pending.set(m.conversationId, [...(pending.get(m.conversationId) ?? []), m]);
+        void catchUpOne(m.conversationId);
+      }
+    };
+
+    const catchUp = async () => {
+      await Promise.all([...lastSeq.keys()].map((c) => catchUpOne(c)));
+    };
+
+    const start = async () => {
+      let token: string;
+      try {
+        token = await getToken();
+      } catch (e) {
+        if (!closed) setError(e instanceof Error ? e.message : String(e));
+        return;
+      }
+      if (closed) return;
+      const s = getSocket(token, optionsRef.current.url);
+      current = s;
+      socketForSync = s;
+      let connectedBefore = false;
+      s.on("connect", () => {
+        setConnected(true);
+        setError(null);
+        if (connectedBefore) void catchUp();
+        connectedBefore = true;
+      });
+      s.on("disconnect", (reason) => {
+        setConnected(false);
+        // The server ended the session (expiry, sign-out, drain): come back with a fresh token.
+        if (reason === "io server disconnect" && !closed) void reconnectWithFreshToken(s);
+      });
+      s.on("connect_error", (err) => {
+        if (err.message === "Authentication error" && !closed) void reconnectWithFreshToken(s);
+      });
+      s.on("message:new", deliver);
+      s.on("token:expiring", async () => {
+        try {
+          const fresh = await getToken();
+          s.auth = { token: fresh };
+          await request(s, "auth:refresh", { token: fresh });
+        } catch {
+          // The server closes at exp; the disconnect handler reconnects if a token can be had.
+        }
+      });
+      setSocket(s);
+      s.connect();
+    };
+
+    let retrying = false;
+    const reconnectWithFreshToken = async (s: ParleySocket) => {
+      if (retrying) return;
+      retrying = true;
+      try {
+        const fresh = await getToken();
+        if (closed) return;
+        s.auth = { token: fresh };
+        s.connect();
+      } catch (e) {
+        if (!closed) setError(e instanceof Error ? e.message : String(e));
+      } finally {
+        retrying = false;
+      }
+    };
+
+    void start();
+    return () => {
+      closed = true;
+      current?.close();
+      setConnected(false);
+    };
+  }, []);
+
+  return { socket, isConnected, error };
+}
