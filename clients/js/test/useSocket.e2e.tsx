@@ -54,3 +54,32 @@ it("connects after the token fetch, reports isConnected, recovers what it missed
   expect(alice.connected).toBe(false);
   bob.close();
 });
+
+it("after an auth failure it fetches a fresh token and connects", async () => {
+  const tokens = ["not-a-valid-token", TOKEN_ALICE];
+  let fetches = 0;
+  const { result, unmount } = renderHook(() =>
+    useSocket({
+      url: GW,
+      getToken: async () => tokens[Math.min(fetches++, tokens.length - 1)],
+    }),
+  );
+  await waitFor(() => expect(result.current.isConnected).toBe(true), { timeout: 10_000 });
+  expect(fetches).toBe(2);
+  expect(result.current.error).toBeNull();
+  unmount();
+});
+
+it("reports an error when no token can be had", async () => {
+  const { result, unmount } = renderHook(() =>
+    useSocket({
+      url: GW,
+      getToken: async () => {
+        throw new Error("unauthenticated");
+      },
+    }),
+  );
+  await waitFor(() => expect(result.current.error).toBe("unauthenticated"));
+  expect(result.current.isConnected).toBe(false);
+  unmount();
+});

@@ -25,5 +25,5 @@ async fn the_use_socket_hook_connects_reports_recovers_missed_messages_and_close
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{report}");
-    assert!(report.contains("1 passed"), "{report}");
+    assert!(report.contains("3 passed"), "{report}");
 }
