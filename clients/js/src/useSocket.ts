@@ -78,6 +78,7 @@ export function useSocket(options: UseSocketOptions = {}): UseSocket {
       const s = socketForSync;
       if (!s || syncing.has(conversationId)) return;
       syncing.add(conversationId);
+      let failed = false;
       try {
         for (;;) {
           const afterSeq = lastSeq.get(conversationId) ?? 0;
@@ -86,9 +87,12 @@ export function useSocket(options: UseSocketOptions = {}): UseSocket {
           reply.messages.forEach(emitInOrder);
           if (!reply.hasMore) break;
         }
+      } catch {
+        failed = true; // no answer in time: try again shortly, while connected
       } finally {
         syncing.delete(conversationId);
         drain(conversationId);
+        if (failed && !closed && s.connected) setTimeout(() => void catchUpOne(conversationId), 1_000);
       }
     };
 

@@ -125,7 +125,15 @@ async fn authenticate_connect(
         attachment: Mutex::new(Some(attachment)),
         gone: CancellationToken::new(),
     };
-    s.extensions.insert(ConnRef(Arc::new(conn)));
+    let conn = Arc::new(conn);
+    s.extensions.insert(ConnRef(conn.clone()));
+    // Handlers go in before the connection is acknowledged: socketioxide sends the connect
+    // packet before it runs the connect handler, and a quick client's first request must not
+    // arrive at a socket with no handler.
+    s.on_fallback(on_message);
+    s.on_disconnect(async move |_: SocketRef, _: DisconnectReason| {
+        conn.gone.cancel();
+    });
     Ok(())
 }
 
@@ -137,13 +145,6 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
     let Some(attachment) = conn.attachment.lock().await.take() else {
         return;
     };
-    s.on_fallback(on_message);
-    {
-        let conn = conn.clone();
-        s.on_disconnect(async move |_: SocketRef, _: DisconnectReason| {
-            conn.gone.cancel();
-        });
-    }
     state
         .sockets
         .spawn(pump(s.clone(), state.clone(), conn, attachment));
