@@ -10,7 +10,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use parley_auth::Verified;
 use parley_common::wire::{ApiError, ErrorCode, ErrorEvent, ServerEvent};
@@ -30,11 +29,6 @@ use crate::fanout::{AttachError, Attachment, UserLimiter};
 use crate::protocol::Command;
 use crate::session::{Dispatch, Session};
 use crate::state::AppState;
-
-/// How long before `exp` a client is told `token:expiring`.
-const EXPIRY_WARNING: Duration = Duration::from_secs(60);
-/// Reconnects after a drain are spread over this window.
-const RECONNECT_SPREAD_MS: u64 = 5_000;
 
 /// The Socket.IO layer to mount on the router, and its handle.
 pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
@@ -157,8 +151,7 @@ async fn pump(s: SocketRef, state: AppState, conn: Arc<Conn>, mut attachment: At
     // One round per token: `auth:refresh` starts the next with the new exp.
     'token: loop {
         let exp = *exp_rx.borrow_and_update();
-        let deadline = instant_of(exp);
-        let warn_at = deadline.checked_sub(EXPIRY_WARNING).unwrap_or(deadline);
+        let (deadline, warn_at) = super::expiry_deadlines(exp);
         let mut warned = Instant::now() >= warn_at && {
             emit_raw(&s, ServerEvent::TokenExpiring { exp }.to_json().as_ref());
             true
@@ -172,7 +165,7 @@ async fn pump(s: SocketRef, state: AppState, conn: Arc<Conn>, mut attachment: At
                 biased;
                 () = conn.gone.cancelled() => return,
                 () = state.draining.cancelled() => {
-                    let jitter = uuid::Uuid::new_v4().as_u128() as u64 % RECONNECT_SPREAD_MS;
+                    let jitter = super::reconnect_jitter_ms();
                     emit_raw(&s, &ServerEvent::ServerDraining { reconnect_after_ms: jitter }.to_json());
                     let _ = s.clone().disconnect();
                     return;
@@ -352,11 +345,4 @@ async fn on_message(
         Dispatch::Later(fut) => fut.await,
     };
     answer(result, client_msg_id);
-}
-
-/// The tokio instant of a Unix `exp`.
-fn instant_of(exp: i64) -> Instant {
-    let now_unix = chrono::Utc::now().timestamp_millis();
-    let left_ms = (exp.saturating_mul(1000) - now_unix).max(0) as u64;
-    Instant::now() + Duration::from_millis(left_ms)
 }

@@ -49,12 +49,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// Silence after which a connection is dead.
 const IDLE_LIMIT: Duration = Duration::from_secs(90);
-/// How long before `exp` a client is told `token:expiring`.
-const EXPIRY_WARNING: Duration = Duration::from_secs(60);
 /// How long the server waits for the client's half of the closing handshake.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
-/// Reconnects after a drain are spread over this window.
-const RECONNECT_SPREAD_MS: u64 = 5_000;
 /// Bytes read from the socket at a time: small, so idle connections stay cheap.
 const READ_BUFFER: usize = 4 * 1024;
 
@@ -142,7 +138,7 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
     // The token's expiry: the close at `exp` and the warning before it, both moved by
     // `auth:refresh`.
     let mut exp = verified.exp;
-    let (expires_at, warn_at) = expiry_deadlines(exp);
+    let (expires_at, warn_at) = super::expiry_deadlines(exp);
     let expired = tokio::time::sleep_until(expires_at);
     tokio::pin!(expired);
     let warning = tokio::time::sleep_until(warn_at);
@@ -155,7 +151,7 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
         tokio::select! {
             biased;
             () = state.draining.cancelled() => {
-                let jitter = uuid::Uuid::new_v4().as_u128() as u64 % RECONNECT_SPREAD_MS;
+                let jitter = super::reconnect_jitter_ms();
                 let bye = ServerEvent::ServerDraining { reconnect_after_ms: jitter }.to_json();
                 let _ = write(&mut sink, bye).await;
                 break End::Send(close::GOING_AWAY, "server draining, reconnect");
@@ -222,7 +218,7 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
                     Step::Refreshed(new_exp) => {
                         tracing::debug!(old = exp, new = new_exp, "token refreshed");
                         exp = new_exp;
-                        let (expires_at, warn_at) = expiry_deadlines(exp);
+                        let (expires_at, warn_at) = super::expiry_deadlines(exp);
                         expired.as_mut().reset(expires_at);
                         warning.as_mut().reset(warn_at);
                         warned = false;
@@ -426,17 +422,4 @@ fn is_too_big(e: axum::Error) -> bool {
     e.into_inner()
         .downcast_ref::<tungstenite::Error>()
         .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
-}
-
-/// When a connection whose token expires at `exp` is closed, and when it is warned.
-fn expiry_deadlines(exp: i64) -> (Instant, Instant) {
-    let at = expiry_instant(exp);
-    (at, at.checked_sub(EXPIRY_WARNING).unwrap_or(at))
-}
-
-/// The tokio instant of a Unix `exp`.
-fn expiry_instant(exp: i64) -> Instant {
-    let now_unix = chrono::Utc::now().timestamp_millis();
-    let left_ms = (exp.saturating_mul(1000) - now_unix).max(0) as u64;
-    Instant::now() + Duration::from_millis(left_ms)
 }
