@@ -170,11 +170,8 @@ async fn a_command_that_can_never_succeed_goes_to_the_dead_letter_stream_with_it
     let _persistence = env.spawn_persistence().await;
     let js = async_nats::jetstream::new(env.nats().await);
     let conv = uuid::Uuid::now_v7();
-    js.publish(format!("{}.in.msg.{conv}", env.prefix), "{not json".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    env.publish_command(&js, &conv, "{not json".to_owned())
+        .await;
 
     let subjects = parley_common::subjects::Subjects::new(&env.prefix).unwrap();
     let stream = js.get_stream(subjects.stream_dlq()).await.unwrap();
@@ -215,14 +212,7 @@ async fn a_stored_command_that_fails_checks_is_dead_lettered_and_its_sender_told
     let js = async_nats::jetstream::new(env.nats().await);
     let command = json!({"conversationId": conv, "senderId": "alice", "clientMsgId": "nul-1",
                          "content": "a\u{0}b", "acceptedAt": chrono::Utc::now()});
-    js.publish(
-        format!("{}.in.msg.{conv}", env.prefix),
-        command.to_string().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    env.publish_command(&js, &conv, command.to_string()).await;
     let err = alice.wait_for(|f| f["type"] == "error").await;
     assert_eq!(err["data"]["code"], "invalid");
     assert_eq!(err["data"]["clientMsgId"], "nul-1");

@@ -190,6 +190,24 @@ impl TestEnv {
         WsClient::connect(gateway.addr(), &self.token(user, 3600)).await
     }
 
+    /// Publishes a raw command onto `PARLEY_IN` for `conversation`, behind the gateway's back
+    /// (a forged or malformed command), and waits for the broker to take it.
+    pub async fn publish_command(
+        &self,
+        js: &async_nats::jetstream::Context,
+        conversation: impl std::fmt::Display,
+        payload: String,
+    ) {
+        js.publish(
+            format!("{}.in.msg.{conversation}", self.prefix),
+            payload.into(),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("the stream took the command");
+    }
+
     /// A raw NATS client, for publishing behind the gateway's back.
     pub async fn nats(&self) -> async_nats::Client {
         async_nats::connect(&self.nats_url)

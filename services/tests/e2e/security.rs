@@ -128,14 +128,7 @@ async fn a_send_forged_straight_onto_the_stream_by_a_non_member_is_refused_by_pe
     let js = async_nats::jetstream::new(env.nats().await);
     let command = json!({"conversationId": conv, "senderId": "mallory", "clientMsgId": "sneaky",
                          "content": "hi", "acceptedAt": chrono::Utc::now()});
-    js.publish(
-        format!("{}.in.msg.{conv}", env.prefix),
-        command.to_string().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    env.publish_command(&js, &conv, command.to_string()).await;
     let err = mallory.wait_for(|f| f["type"] == "error").await;
     assert_eq!(err["data"]["code"], "forbidden");
     assert_eq!(err["data"]["clientMsgId"], "sneaky");
