@@ -81,6 +81,44 @@ pub fn stream_dlq_config(subjects: &Subjects, settings: StreamSettings) -> strea
     }
 }
 
+/// The stream behind the presence key-value bucket, declared by hand: the KV create call of
+/// async-nats 0.51 does not parse NATS 2.9's answer, while `get_key_value` on a stream shaped
+/// like this works. One value per key, no expiry (records hold `lastSeenAt`; liveness is in
+/// their heartbeat times), file storage so `lastSeenAt` survives a broker restart.
+pub fn presence_bucket_config(subjects: &Subjects, settings: StreamSettings) -> stream::Config {
+    let bucket = subjects.presence_bucket();
+    stream::Config {
+        name: format!("KV_{bucket}"),
+        description: Some("Parley presence: who is connected where, and when last seen".into()),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        max_message_size: 64 * 1024,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    }
+}
+
+/// Declares the presence bucket and opens it.
+pub async fn ensure_presence_bucket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: StreamSettings,
+) -> Result<jetstream::kv::Store, SetupError> {
+    let config = presence_bucket_config(subjects, settings);
+    let name = config.name.clone();
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|e| SetupError(format!("cannot declare stream {name}: {e}")))?;
+    js.get_key_value(subjects.presence_bucket())
+        .await
+        .map_err(|e| SetupError(format!("cannot open the presence bucket: {e}")))
+}
+
 /// Creates `PARLEY_IN` and `PARLEY_DLQ`, or brings an existing one to this configuration.
 /// Safe to call from every replica of every role at every start.
 pub async fn ensure_streams(

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::UserId;
-use crate::wire::{ApiError, Conversation, ErrorCode, Message};
+use crate::wire::{ApiError, Conversation, ErrorCode, ListedConversation, Message};
 
 #[derive(Serialize)]
 struct OkEnvelope<'a, T> {
@@ -134,6 +134,78 @@ pub struct MembersRequest {
 #[serde(rename_all = "camelCase")]
 pub struct MembersReply {
     pub participant_ids: Vec<String>,
+}
+
+/// `conversation:list`: the caller's conversations, the most recently active first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListRequest {
+    pub user_id: UserId,
+    /// The `nextBefore` cursor of the previous page.
+    #[serde(default)]
+    pub before: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListReply {
+    pub conversations: Vec<ListedConversation>,
+    /// Pass as `before` for the next page; `None` on the last page.
+    pub next_before: Option<String>,
+}
+
+/// `message:edit`, by the sender.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EditRequest {
+    pub user_id: UserId,
+    pub conversation_id: Uuid,
+    pub seq: i64,
+    pub content: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageReply {
+    pub message: Message,
+}
+
+/// `message:delete`, by the sender.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteRequest {
+    pub user_id: UserId,
+    pub conversation_id: Uuid,
+    pub seq: i64,
+}
+
+/// `{"ok": true}` and nothing else.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Empty {}
+
+/// `member:add` / `member:remove`, by a member of a group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberRequest {
+    pub user_id: UserId,
+    pub conversation_id: Uuid,
+    /// Who is added or removed.
+    pub member_id: UserId,
+}
+
+/// Who shares a conversation with `user_id`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactsRequest {
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContactsReply {
+    pub user_ids: Vec<String>,
 }
 
 /// An `ApiError` for a request the service could not parse.

@@ -41,6 +41,11 @@ impl Subjects {
         format!("{}.in.msg.{conversation}", self.prefix)
     }
 
+    /// `{p}.in.read.<conversation>`: a read receipt, into `PARLEY_IN`, ordered with the sends.
+    pub fn in_read(&self, conversation: Uuid) -> String {
+        format!("{}.in.read.{conversation}", self.prefix)
+    }
+
     /// `{p}.in.>`: everything `PARLEY_IN` stores.
     pub fn in_all(&self) -> String {
         format!("{}.in.>", self.prefix)
@@ -81,6 +86,22 @@ impl Subjects {
         format!("{}.ctl.user.*", self.prefix)
     }
 
+    /// `{p}.ctl.conversation.<conversation>`: a conversation's members changed; gateways drop
+    /// what they cached of it.
+    pub fn ctl_conversation(&self, conversation: Uuid) -> String {
+        format!("{}.ctl.conversation.{conversation}", self.prefix)
+    }
+
+    /// `{p}.ctl.conversation.*`: what a gateway subscribes to.
+    pub fn ctl_conversation_all(&self) -> String {
+        format!("{}.ctl.conversation.*", self.prefix)
+    }
+
+    /// The presence key-value bucket (`KV_PARLEY_PRESENCE` is its stream).
+    pub fn presence_bucket(&self) -> String {
+        format!("{}_PRESENCE", self.upper)
+    }
+
     /// `{p}.dlq`: commands that can never succeed.
     pub fn dlq(&self) -> String {
         format!("{}.dlq", self.prefix)
@@ -109,10 +130,28 @@ pub enum ChatOp {
     History,
     Sync,
     Members,
+    List,
+    Edit,
+    Delete,
+    MemberAdd,
+    MemberRemove,
+    /// The users who share a conversation with a user: who hears of their presence.
+    Contacts,
 }
 
 impl ChatOp {
-    pub const ALL: [ChatOp; 4] = [ChatOp::Open, ChatOp::History, ChatOp::Sync, ChatOp::Members];
+    pub const ALL: [ChatOp; 10] = [
+        ChatOp::Open,
+        ChatOp::History,
+        ChatOp::Sync,
+        ChatOp::Members,
+        ChatOp::List,
+        ChatOp::Edit,
+        ChatOp::Delete,
+        ChatOp::MemberAdd,
+        ChatOp::MemberRemove,
+        ChatOp::Contacts,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -120,6 +159,12 @@ impl ChatOp {
             ChatOp::History => "history",
             ChatOp::Sync => "sync",
             ChatOp::Members => "members",
+            ChatOp::List => "list",
+            ChatOp::Edit => "edit",
+            ChatOp::Delete => "delete",
+            ChatOp::MemberAdd => "member_add",
+            ChatOp::MemberRemove => "member_remove",
+            ChatOp::Contacts => "contacts",
         }
     }
 }

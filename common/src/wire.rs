@@ -122,6 +122,46 @@ pub struct Conversation {
     pub created_at: DateTime<Utc>,
 }
 
+/// A conversation in a list: with its newest message and the caller's unread count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedConversation {
+    #[serde(flatten)]
+    pub conversation: Conversation,
+    pub last_message: Option<Message>,
+    /// Messages after the caller's read position, not sent by the caller and not deleted.
+    pub unread_count: i64,
+}
+
+/// `message:read`: `user_id` has read everything up to `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadEvent {
+    pub conversation_id: Uuid,
+    pub user_id: String,
+    pub seq: i64,
+    pub read_at: DateTime<Utc>,
+}
+
+/// `typing`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TypingEvent {
+    pub conversation_id: Uuid,
+    pub user_id: String,
+    pub is_typing: bool,
+}
+
+/// `presence`, and one entry of a `presence:get` reply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Presence {
+    pub user_id: String,
+    pub online: bool,
+    /// When the user was last connected; now-ish while online, `None` if never seen.
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
 /// Every server → client event (DESIGN §6). Serialised as the `/ws` frame
 /// `{"type": EVENT, "data": {...}}`, which is also the payload of a delivery event on
 /// `{p}.out.user.<user>`, so a gateway forwards it to sockets without re-encoding.
@@ -130,8 +170,18 @@ pub struct Conversation {
 pub enum ServerEvent {
     #[serde(rename = "message:new")]
     MessageNew(Message),
+    #[serde(rename = "message:updated")]
+    MessageUpdated(Message),
+    #[serde(rename = "message:read")]
+    MessageRead(ReadEvent),
+    #[serde(rename = "typing")]
+    Typing(TypingEvent),
+    #[serde(rename = "presence")]
+    Presence(Presence),
     #[serde(rename = "conversation:new")]
     ConversationNew(Conversation),
+    #[serde(rename = "conversation:updated")]
+    ConversationUpdated(Conversation),
     #[serde(rename = "error")]
     Error(ErrorEvent),
     #[serde(rename = "token:expiring")]
@@ -148,7 +198,12 @@ impl ServerEvent {
     pub fn name(&self) -> &'static str {
         match self {
             ServerEvent::MessageNew(_) => "message:new",
+            ServerEvent::MessageUpdated(_) => "message:updated",
+            ServerEvent::MessageRead(_) => "message:read",
+            ServerEvent::Typing(_) => "typing",
+            ServerEvent::Presence(_) => "presence",
             ServerEvent::ConversationNew(_) => "conversation:new",
+            ServerEvent::ConversationUpdated(_) => "conversation:updated",
             ServerEvent::Error(_) => "error",
             ServerEvent::TokenExpiring { .. } => "token:expiring",
             ServerEvent::ServerDraining { .. } => "server:draining",
@@ -190,6 +245,29 @@ impl SendCommand {
     /// dedupe window is dropped by the broker itself.
     pub fn dedupe_id(&self) -> String {
         format!("{}:{}", self.sender_id, self.client_msg_id.as_str())
+    }
+}
+
+/// A read receipt, as the gateway publishes it to `{p}.in.read.<conversation>` once the reader
+/// is known to be a member.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReadCommand {
+    pub conversation_id: Uuid,
+    pub user_id: UserId,
+    /// Everything up to here is read; persistence caps it at the conversation's last seq.
+    pub seq: i64,
+    /// When the reader said so.
+    pub at: DateTime<Utc>,
+}
+
+impl ReadCommand {
+    /// A retried receipt inside the dedupe window is dropped by the broker.
+    pub fn dedupe_id(&self) -> String {
+        format!(
+            "read:{}:{}:{}",
+            self.user_id, self.conversation_id, self.seq
+        )
     }
 }
 

@@ -72,6 +72,11 @@ impl ChatClient {
         Ok(reply.conversation)
     }
 
+    /// Forgets what is cached of a conversation whose members changed.
+    pub async fn forget(&self, conversation: Uuid) {
+        self.members.invalidate(&conversation).await;
+    }
+
     /// The members of `conversation` when `user` is one of them; `forbidden` otherwise.
     pub async fn members_for(
         &self,
@@ -98,4 +103,30 @@ impl ChatClient {
         self.members.insert(conversation, members.clone()).await;
         Ok(members)
     }
+}
+
+/// Drops cached members when persistence announces a membership change on
+/// `{p}.ctl.conversation.<id>`, so a removed member stops hearing of a conversation on every
+/// gateway at once. Subscribed before this returns.
+pub async fn watch_changes(
+    state: crate::state::AppState,
+) -> crate::error::Result<tokio::task::JoinHandle<()>> {
+    use futures::StreamExt;
+    let nats = state.js.client();
+    let nats_error = |e: &dyn std::fmt::Display| crate::error::Error::Nats(e.to_string());
+    let mut sub = nats
+        .subscribe(state.subjects.ctl_conversation_all())
+        .await
+        .map_err(|e| nats_error(&e))?;
+    parley_common::nats::round_trip(&nats)
+        .await
+        .map_err(|e| nats_error(&e))?;
+    Ok(tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let id = msg.subject.as_str().rsplit('.').next().map(Uuid::try_parse);
+            if let Some(Ok(id)) = id {
+                state.chat.forget(id).await;
+            }
+        }
+    }))
 }

@@ -18,6 +18,10 @@ pub struct GatewayConfig {
     pub limits: Limits,
     /// How long shutdown waits for sockets to close after telling them to reconnect.
     pub drain_timeout: Duration,
+    /// `PARLEY_PRESENCE_TTL_SECONDS`, default 30: a user whose gateways all stopped
+    /// heartbeating for this long is offline (a crashed gateway's users go offline by
+    /// themselves). Gateways heartbeat three times per TTL.
+    pub presence_ttl: Duration,
 }
 
 /// What one client may do (DESIGN §9).
@@ -93,6 +97,18 @@ impl GatewayConfig {
             auth: VerifierConfig::from_env(env)?,
             limits,
             drain_timeout: Duration::from_secs(env.parse_or("PARLEY_DRAIN_SECONDS", 20)?),
+            presence_ttl: presence_ttl(env)?,
         })
     }
+}
+
+fn presence_ttl(env: &Env) -> Result<Duration, ConfigError> {
+    let secs: u64 = env.parse_or("PARLEY_PRESENCE_TTL_SECONDS", 30)?;
+    if !(2..=3600).contains(&secs) {
+        return Err(ConfigError::Invalid {
+            name: "PARLEY_PRESENCE_TTL_SECONDS",
+            reason: "must be 2 to 3600 seconds".into(),
+        });
+    }
+    Ok(Duration::from_secs(secs))
 }

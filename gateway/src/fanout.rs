@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::limits::TokenBucket;
+use crate::presence::Tracker;
 
 /// How long setting up a user's subscription may take before the connection is refused.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -32,6 +33,8 @@ pub struct Fanout {
     limits: Limits,
     users: Mutex<HashMap<UserId, Arc<UserEntry>>>,
     next_id: AtomicU64,
+    /// Told, under the `users` lock so in order, when a user comes and goes here.
+    presence: Tracker,
 }
 
 struct UserEntry {
@@ -108,13 +111,19 @@ pub enum AttachError {
 }
 
 impl Fanout {
-    pub fn new(nats: async_nats::Client, subjects: Subjects, limits: Limits) -> Arc<Self> {
+    pub fn new(
+        nats: async_nats::Client,
+        subjects: Subjects,
+        limits: Limits,
+        presence: Tracker,
+    ) -> Arc<Self> {
         Arc::new(Self {
             nats,
             subjects,
             limits,
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            presence,
         })
     }
 
@@ -164,6 +173,7 @@ impl Fanout {
                         )),
                     });
                     users.insert(user.clone(), entry.clone());
+                    self.presence.up(user);
                     (entry, true)
                 }
             }
@@ -238,12 +248,12 @@ impl Fanout {
             sockets.retain(|s| s.id != id);
             sockets.is_empty()
         };
-        if empty
-            && let Some(entry) = users.remove(user)
-            && let Some(task) = entry.forwarder.lock().expect("forwarder lock").take()
-        {
-            // Dropping the subscription with the task unsubscribes at the server.
-            task.abort();
+        if empty && let Some(entry) = users.remove(user) {
+            self.presence.down(user);
+            if let Some(task) = entry.forwarder.lock().expect("forwarder lock").take() {
+                // Dropping the subscription with the task unsubscribes at the server.
+                task.abort();
+            }
         }
     }
 

@@ -11,11 +11,15 @@
 //! - [`http`]: the HTTP API (accounts, user search, JWKS).
 //! - [`protocol`]: client frames and the typed commands they carry, validated.
 //! - [`session`]: one authenticated user's commands, whatever the transport.
-//! - [`chat`]: the persistence service's client and the membership cache.
+//! - [`chat`]: the persistence service's client and the membership cache (dropped on a
+//!   membership change announced on `{p}.ctl.conversation.*`).
+//! - [`typing`]: typing indicators, throttled and cleared by themselves.
+//! - [`presence`]: online/offline/last seen across gateways, in a NATS key-value bucket.
 //! - [`revocation`]: closing the sockets of a session that was signed out.
 //! - [`fanout`]: one NATS subscription per connected user, shared by that user's sockets.
 //! - [`limits`]: the token bucket behind the per-user rate limit.
-//! - [`transport::ws`]: the plain WebSocket transport at `/ws`.
+//! - [`transport::ws`]: the plain WebSocket transport at `/ws`;
+//!   [`transport::socketio`]: Socket.IO v4 at `/socket.io/`.
 //! - [`startup`]: [`startup::Application`], which binds, serves and drains.
 
 pub mod auth;
@@ -26,12 +30,14 @@ pub mod fanout;
 pub mod http;
 pub mod jwks;
 pub mod limits;
+pub mod presence;
 pub mod protocol;
 pub mod revocation;
 pub mod session;
 pub mod startup;
 pub mod state;
 pub mod transport;
+pub mod typing;
 
 pub use config::GatewayConfig;
 pub use startup::Application;

@@ -63,6 +63,14 @@ pub enum Command {
     Open(OpenData),
     History(HistoryData),
     Sync(SyncData),
+    Read(ReadData),
+    Typing(TypingData),
+    List(ListData),
+    Edit(EditData),
+    Delete(DeleteData),
+    MemberAdd(MemberData),
+    MemberRemove(MemberData),
+    PresenceGet(PresenceData),
     /// `auth:refresh`: a new access token for this connection. It changes the connection, not
     /// the user's data, so each transport answers it where its expiry timers live.
     AuthRefresh {
@@ -110,6 +118,62 @@ pub struct SyncData {
     pub limit: Option<u32>,
 }
 
+/// `message:read`: everything up to `seq` is read.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadData {
+    pub conversation_id: Uuid,
+    pub seq: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TypingData {
+    pub conversation_id: Uuid,
+    pub is_typing: bool,
+}
+
+/// `conversation:list`; `data` may be left out.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListData {
+    #[serde(default)]
+    pub before: Option<String>,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug)]
+pub struct EditData {
+    pub conversation_id: Uuid,
+    pub seq: i64,
+    pub content: Content,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteData {
+    pub conversation_id: Uuid,
+    pub seq: i64,
+}
+
+/// `member:add` / `member:remove`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberData {
+    pub conversation_id: Uuid,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PresenceData {
+    pub user_ids: Vec<UserId>,
+}
+
+/// The most users one `presence:get` may name.
+pub const MAX_PRESENCE_USERS: usize = 500;
+
 /// `auth:refresh` data. The token's size is the verifier's to judge (it refuses oversized
 /// tokens before parsing them); the frame limit already bounds it here.
 #[derive(Deserialize)]
@@ -142,6 +206,33 @@ impl Command {
             "conversation:open" => Ok(Command::Open(fields(event, data).map_err(plain)?)),
             "message:history" => Ok(Command::History(fields(event, data).map_err(plain)?)),
             "sync" => Ok(Command::Sync(fields(event, data).map_err(plain)?)),
+            "message:read" => {
+                let read: ReadData = fields(event, data).map_err(plain)?;
+                positive_seq(read.seq).map_err(plain)?;
+                Ok(Command::Read(read))
+            }
+            "typing" => Ok(Command::Typing(fields(event, data).map_err(plain)?)),
+            "conversation:list" => Ok(Command::List(match data {
+                None => ListData::default(),
+                Some(_) => fields(event, data).map_err(plain)?,
+            })),
+            "message:edit" => parse_edit(data, max_content_chars).map_err(plain),
+            "message:delete" => {
+                let delete: DeleteData = fields(event, data).map_err(plain)?;
+                positive_seq(delete.seq).map_err(plain)?;
+                Ok(Command::Delete(delete))
+            }
+            "member:add" => Ok(Command::MemberAdd(fields(event, data).map_err(plain)?)),
+            "member:remove" => Ok(Command::MemberRemove(fields(event, data).map_err(plain)?)),
+            "presence:get" => {
+                let get: PresenceData = fields(event, data).map_err(plain)?;
+                if get.user_ids.len() > MAX_PRESENCE_USERS {
+                    return Err(plain(ApiError::invalid(format!(
+                        "presence:get may name at most {MAX_PRESENCE_USERS} users"
+                    ))));
+                }
+                Ok(Command::PresenceGet(get))
+            }
             "auth:refresh" => {
                 let RefreshData { token } = fields(event, data).map_err(plain)?;
                 Ok(Command::AuthRefresh { token })
@@ -157,6 +248,38 @@ impl Command {
 fn fields<T: DeserializeOwned>(event: &str, data: Option<&RawValue>) -> Result<T, ApiError> {
     let data = data.ok_or_else(|| ApiError::invalid(format!("{event} needs data")))?;
     serde_json::from_str(data.get()).map_err(|e| ApiError::invalid(format!("{event}: {e}")))
+}
+
+fn positive_seq(seq: i64) -> Result<(), ApiError> {
+    if seq < 1 {
+        Err(ApiError::invalid("seq must be at least 1"))
+    } else {
+        Ok(())
+    }
+}
+
+fn content(raw: String, max_content_chars: usize) -> Result<Content, ApiError> {
+    Content::parse(raw, max_content_chars).map_err(|e| match e {
+        ContentError::TooLong { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+        ContentError::Blank | ContentError::Nul => ApiError::invalid(e.to_string()),
+    })
+}
+
+fn parse_edit(data: Option<&RawValue>, max_content_chars: usize) -> Result<Command, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    struct Raw {
+        conversation_id: Uuid,
+        seq: i64,
+        content: String,
+    }
+    let raw: Raw = fields("message:edit", data)?;
+    positive_seq(raw.seq)?;
+    Ok(Command::Edit(EditData {
+        conversation_id: raw.conversation_id,
+        seq: raw.seq,
+        content: content(raw.content, max_content_chars)?,
+    }))
 }
 
 fn parse_send(data: Option<&RawValue>, max_content_chars: usize) -> Result<Command, Rejected> {
@@ -197,12 +320,7 @@ fn parse_send(data: Option<&RawValue>, max_content_chars: usize) -> Result<Comma
     };
     let client_msg_id =
         ClientMsgId::parse(&raw.client_msg_id).map_err(|e| reject(ApiError::invalid(e)))?;
-    let content = Content::parse(raw.content, max_content_chars).map_err(|e| {
-        reject(match e {
-            ContentError::TooLong { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
-            ContentError::Blank | ContentError::Nul => ApiError::invalid(e.to_string()),
-        })
-    })?;
+    let content = content(raw.content, max_content_chars).map_err(reject)?;
     Ok(Command::Send(SendData {
         target,
         content,
@@ -317,6 +435,83 @@ mod tests {
             "{}",
             missing.error.message
         );
+    }
+
+    #[test]
+    fn the_chat_events_check_their_fields() {
+        let c = Uuid::now_v7();
+        let parse = |event: &str, data: &str| Command::parse(event, Some(&raw(data)), 10);
+        assert!(matches!(
+            parse(
+                "message:read",
+                &format!(r#"{{"conversationId":"{c}","seq":3}}"#)
+            ),
+            Ok(Command::Read(ReadData { seq: 3, .. }))
+        ));
+        assert!(matches!(
+            parse(
+                "typing",
+                &format!(r#"{{"conversationId":"{c}","isTyping":true}}"#)
+            ),
+            Ok(Command::Typing(TypingData {
+                is_typing: true,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            Command::parse("conversation:list", None, 10),
+            Ok(Command::List(ListData {
+                before: None,
+                limit: None
+            }))
+        ));
+        assert!(matches!(
+            parse(
+                "member:add",
+                &format!(r#"{{"conversationId":"{c}","userId":"bob"}}"#)
+            ),
+            Ok(Command::MemberAdd(_))
+        ));
+        let bad = [
+            (
+                "message:read",
+                format!(r#"{{"conversationId":"{c}","seq":0}}"#),
+            ),
+            ("message:read", format!(r#"{{"conversationId":"{c}"}}"#)),
+            (
+                "message:delete",
+                format!(r#"{{"conversationId":"{c}","seq":-1}}"#),
+            ),
+            (
+                "message:edit",
+                format!(r#"{{"conversationId":"{c}","seq":1,"content":" "}}"#),
+            ),
+            (
+                "typing",
+                format!(r#"{{"conversationId":"{c}","isTyping":"yes"}}"#),
+            ),
+            (
+                "member:remove",
+                format!(r#"{{"conversationId":"{c}","userId":"a.b"}}"#),
+            ),
+            ("presence:get", r#"{"userIds":"bob"}"#.to_owned()),
+            ("conversation:list", r#"{"limit":-1}"#.to_owned()),
+        ];
+        for (event, data) in bad {
+            let r = parse(event, &data).unwrap_err();
+            assert_eq!(r.error.code, ErrorCode::Invalid, "{event} {data}");
+        }
+        let long = parse(
+            "message:edit",
+            &format!(r#"{{"conversationId":"{c}","seq":1,"content":"12345678901"}}"#),
+        );
+        assert_eq!(long.unwrap_err().error.code, ErrorCode::TooLarge);
+        let many: Vec<String> = (0..=MAX_PRESENCE_USERS).map(|i| format!("u{i}")).collect();
+        let r = parse(
+            "presence:get",
+            &serde_json::json!({ "userIds": many }).to_string(),
+        );
+        assert_eq!(r.unwrap_err().error.code, ErrorCode::Invalid);
     }
 
     #[test]

@@ -7,12 +7,15 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::future::BoxFuture;
 use parley_common::domain::UserId;
-use parley_common::rpc::{self, HistoryRequest, OpenReply, OpenRequest, SyncRequest};
+use parley_common::rpc::{
+    self, ContactsReply, ContactsRequest, DeleteRequest, EditRequest, Empty, HistoryRequest,
+    ListRequest, MemberRequest, OpenReply, OpenRequest, SyncRequest,
+};
 use parley_common::subjects::ChatOp;
-use parley_common::wire::{ApiError, ErrorCode, SendCommand};
+use parley_common::wire::{ApiError, ErrorCode, ReadCommand, SendCommand};
 use serde::Serialize;
 
-use crate::protocol::{Command, SendData, Target};
+use crate::protocol::{Command, MemberData, PresenceData, ReadData, SendData, Target};
 use crate::state::AppState;
 
 /// A command's answer: the `{"ok": true, ...}` envelope, or what went wrong.
@@ -98,6 +101,54 @@ impl Session {
                     limit: data.limit,
                 },
             ),
+            Command::List(data) => self.query(
+                ChatOp::List,
+                ListRequest {
+                    user_id: self.user.clone(),
+                    before: data.before,
+                    limit: data.limit,
+                },
+            ),
+            Command::Edit(data) => self.query(
+                ChatOp::Edit,
+                EditRequest {
+                    user_id: self.user.clone(),
+                    conversation_id: data.conversation_id,
+                    seq: data.seq,
+                    content: data.content.into_string(),
+                },
+            ),
+            Command::Delete(data) => self.query(
+                ChatOp::Delete,
+                DeleteRequest {
+                    user_id: self.user.clone(),
+                    conversation_id: data.conversation_id,
+                    seq: data.seq,
+                },
+            ),
+            Command::MemberAdd(data) => self.change_members(ChatOp::MemberAdd, data),
+            Command::MemberRemove(data) => self.change_members(ChatOp::MemberRemove, data),
+            Command::Read(data) => match self.publish_read(data).await {
+                Ok(later) => Dispatch::Later(later),
+                Err(e) => Dispatch::Now(Err(e)),
+            },
+            Command::Typing(data) => {
+                let state = self.state.clone();
+                let user = self.user.clone();
+                Dispatch::Later(Box::pin(async move {
+                    let members = state.chat.members_for(data.conversation_id, &user).await?;
+                    state
+                        .typing
+                        .set(&user, data.conversation_id, members, data.is_typing)
+                        .await;
+                    Ok(rpc::encode_ok(&Empty {}))
+                }))
+            }
+            Command::PresenceGet(data) => {
+                let state = self.state.clone();
+                let user = self.user.clone();
+                Dispatch::Later(Box::pin(presence_of(state, user, data)))
+            }
             // A transport that forgot to intercept it must not ack a refresh whose new expiry
             // nothing applies; the check itself is [`Session::refresh`].
             Command::AuthRefresh { .. } => {
@@ -147,6 +198,63 @@ impl Session {
             exp,
             reply: rpc::encode_ok(&RefreshReply { exp }),
         })
+    }
+
+    /// `member:add` / `member:remove`; this gateway forgets the members it cached at once (the
+    /// others when persistence announces the change).
+    fn change_members(&self, op: ChatOp, data: MemberData) -> Dispatch {
+        let state = self.state.clone();
+        let req = MemberRequest {
+            user_id: self.user.clone(),
+            conversation_id: data.conversation_id,
+            member_id: data.user_id,
+        };
+        Dispatch::Later(Box::pin(async move {
+            let reply = state.chat.call(op, &req).await;
+            state.chat.forget(req.conversation_id).await;
+            reply
+        }))
+    }
+
+    /// Checks membership and hands a read receipt to JetStream, behind the sends before it.
+    #[tracing::instrument(skip_all, fields(user = %self.user))]
+    async fn publish_read(&self, data: ReadData) -> Result<BoxFuture<'static, Answer>, ApiError> {
+        self.state
+            .chat
+            .members_for(data.conversation_id, &self.user)
+            .await?;
+        let command = ReadCommand {
+            conversation_id: data.conversation_id,
+            user_id: self.user.clone(),
+            seq: data.seq,
+            at: Utc::now(),
+        };
+        let payload: Bytes = serde_json::to_vec(&command)
+            .expect("commands always serialise")
+            .into();
+        let ack = self
+            .state
+            .js
+            .send_publish(
+                self.state.subjects.in_read(data.conversation_id),
+                PublishMessage::build()
+                    .payload(payload)
+                    .message_id(command.dedupe_id()),
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot publish a read receipt");
+                ApiError::unavailable()
+            })?;
+        Ok(Box::pin(async move {
+            match ack.await {
+                Ok(_) => Ok(rpc::encode_ok(&Empty {})),
+                Err(e) => {
+                    tracing::warn!(error = %e, "broker did not acknowledge a read receipt");
+                    Err(ApiError::unavailable())
+                }
+            }
+        }))
     }
 
     fn query<T: Serialize + Send + Sync + 'static>(&self, op: ChatOp, req: T) -> Dispatch {
@@ -218,4 +326,47 @@ impl Session {
             }
         }))
     }
+}
+
+/// `presence:get`: the presence of users who share a conversation with the caller (and the
+/// caller's own). Anyone else reads as offline and never seen, so presence reveals nothing about
+/// strangers.
+async fn presence_of(state: AppState, user: UserId, data: PresenceData) -> Answer {
+    #[derive(Serialize)]
+    struct Reply {
+        presence: Vec<parley_common::wire::Presence>,
+    }
+    let raw = state
+        .chat
+        .call(
+            ChatOp::Contacts,
+            &ContactsRequest {
+                user_id: user.clone(),
+            },
+        )
+        .await?;
+    let contacts: ContactsReply = rpc::decode(&raw)?;
+    let visible: Vec<UserId> = data
+        .user_ids
+        .iter()
+        .filter(|u| **u == user || contacts.user_ids.iter().any(|c| c == u.as_str()))
+        .cloned()
+        .collect();
+    let known = state.presence.get(&visible).await?;
+    let presence = data
+        .user_ids
+        .iter()
+        .map(|u| {
+            known
+                .iter()
+                .find(|p| p.user_id == u.as_str())
+                .cloned()
+                .unwrap_or_else(|| parley_common::wire::Presence {
+                    user_id: u.as_str().to_owned(),
+                    online: false,
+                    last_seen_at: None,
+                })
+        })
+        .collect();
+    Ok(rpc::encode_ok(&Reply { presence }))
 }

@@ -11,16 +11,19 @@ use parley_auth::Verifier;
 use parley_common::admin::Readiness;
 use parley_common::nats;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::chat::ChatClient;
+use crate::chat::{self, ChatClient};
 use crate::config::GatewayConfig;
 use crate::error::{Error, Result};
 use crate::fanout::Fanout;
 use crate::jwks::JwksCache;
+use crate::presence::{self, Presence};
 use crate::state::{AppState, Shared};
 use crate::transport::{socketio, ws};
+use crate::typing::Typing;
 use crate::{http, revocation};
 
 /// Sends awaiting the broker's acknowledgement, across the gateway; past it, sends wait.
@@ -32,6 +35,7 @@ pub struct Application {
     nats: async_nats::Client,
     readiness: Readiness,
     drain_timeout: std::time::Duration,
+    presence_changes: mpsc::UnboundedReceiver<presence::Change>,
 }
 
 impl Application {
@@ -52,9 +56,20 @@ impl Application {
             .await
             .map_err(|source| Error::Bind { addr, source })?;
         let subjects = config.nats.prefix.clone();
+        let (presence, tracker, presence_changes) =
+            Presence::start(&js, subjects.clone(), config.streams, config.presence_ttl)
+                .await
+                .map_err(|e| Error::Nats(e.to_string()))?;
         let state = Arc::new(Shared {
             chat: ChatClient::new(client.clone(), subjects.clone()),
-            fanout: Fanout::new(client.clone(), subjects.clone(), config.limits.clone()),
+            fanout: Fanout::new(
+                client.clone(),
+                subjects.clone(),
+                config.limits.clone(),
+                tracker,
+            ),
+            presence,
+            typing: Typing::new(client.clone(), subjects.clone()),
             verifier: Verifier::new(&config.auth),
             jwks: Arc::new(JwksCache::new(client.clone(), subjects.clone())),
             subjects,
@@ -73,6 +88,7 @@ impl Application {
             nats: client,
             readiness,
             drain_timeout: config.drain_timeout,
+            presence_changes,
         })
     }
 
@@ -108,6 +124,13 @@ impl Application {
         let addr = self.local_addr();
         tracing::info!(%addr, "gateway listening");
         let revocations = revocation::watch(state.clone()).await?;
+        let membership = chat::watch_changes(state.clone()).await?;
+        let presence = tokio::spawn(
+            state
+                .presence
+                .clone()
+                .run(self.presence_changes, state.draining.clone()),
+        );
         axum::serve(
             self.listener,
             Self::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
@@ -119,6 +142,7 @@ impl Application {
         })
         .await?;
         revocations.abort();
+        membership.abort();
         state.sockets.close();
         if tokio::time::timeout(self.drain_timeout, state.sockets.wait())
             .await
@@ -129,6 +153,8 @@ impl Application {
                 "drain timed out with sockets open"
             );
         }
+        // Presence records this gateway's users gone (it stopped at `draining`).
+        let _ = presence.await;
         if let Err(e) = self.nats.flush().await {
             tracing::warn!(error = %e, "cannot flush NATS at shutdown");
         }

@@ -12,6 +12,8 @@ use crate::chat::ChatClient;
 use crate::config::Limits;
 use crate::fanout::Fanout;
 use crate::jwks::JwksCache;
+use crate::presence::Presence;
+use crate::typing::Typing;
 
 pub type AppState = Arc<Shared>;
 
@@ -22,6 +24,8 @@ pub struct Shared {
     pub jwks: Arc<JwksCache>,
     pub chat: ChatClient,
     pub fanout: Arc<Fanout>,
+    pub presence: Arc<Presence>,
+    pub typing: Arc<Typing>,
     pub limits: Limits,
     /// Cancelled when the gateway drains: every socket says goodbye and closes.
     pub draining: CancellationToken,

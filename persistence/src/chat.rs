@@ -4,14 +4,20 @@
 
 use std::collections::BTreeSet;
 
-use parley_common::domain::UserId;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use parley_common::domain::{Content, ContentError, UserId};
 use parley_common::rpc::{
-    HistoryRequest, MembersReply, MembersRequest, MessagesReply, OpenReply, OpenRequest, SyncReply,
-    SyncRequest,
+    ContactsReply, ContactsRequest, DeleteRequest, EditRequest, Empty, HistoryRequest, ListReply,
+    ListRequest, MemberRequest, MembersReply, MembersRequest, MessageReply, MessagesReply,
+    OpenReply, OpenRequest, SyncReply, SyncRequest,
 };
 use parley_common::subjects::Subjects;
-use parley_common::wire::{ApiError, Conversation, ServerEvent};
+use parley_common::wire::{
+    ApiError, Conversation, ConversationKind, ErrorCode, ListedConversation, ServerEvent,
+};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::error::Error;
 use crate::store::{conversations, messages};
@@ -26,6 +32,13 @@ pub const SYNC_DEFAULT_LIMIT: u32 = 200;
 pub const SYNC_MAX_LIMIT: u32 = 1_000;
 /// The most conversations one `sync` may name.
 pub const SYNC_MAX_CONVERSATIONS: usize = 1_000;
+pub const LIST_DEFAULT_LIMIT: u32 = 50;
+pub const LIST_MAX_LIMIT: u32 = 200;
+/// The most contacts told of one user's presence.
+pub const MAX_CONTACTS: i64 = 10_000;
+/// The largest content stored, whatever a gateway let through: gateways enforce the configured
+/// limit; this is the backstop that keeps a rogue publisher from bloating rows.
+pub const HARD_MAX_CONTENT_CHARS: usize = 64 * 1024;
 
 /// What the queries need.
 #[derive(Clone)]
@@ -85,14 +98,19 @@ pub async fn open(ctx: &ChatContext, req: OpenRequest) -> Result<OpenReply, ApiE
 
 async fn announce_conversation(ctx: &ChatContext, conversation: &Conversation) {
     let event = ServerEvent::ConversationNew(conversation.clone()).to_json();
-    for user in &conversation.participant_ids {
+    announce(ctx, &conversation.participant_ids, event).await;
+}
+
+/// Publishes a delivery event to each of `users`. Delivery events are at most once; clients
+/// catch up by listing conversations and by `sync`.
+async fn announce(ctx: &ChatContext, users: &[String], event: Bytes) {
+    for user in users {
         if let Err(e) = ctx
             .nats
             .publish(ctx.subjects.out_user(user), event.clone())
             .await
         {
-            // Delivery events are at most once; clients learn of it by listing conversations.
-            tracing::warn!(error = %e, "cannot announce a new conversation");
+            tracing::warn!(error = %e, "cannot publish a delivery event");
         }
     }
 }
@@ -166,12 +184,290 @@ pub async fn sync(ctx: &ChatContext, req: SyncRequest) -> Result<SyncReply, ApiE
 
 /// Who is in a conversation, for a member.
 pub async fn members(ctx: &ChatContext, req: MembersRequest) -> Result<MembersReply, ApiError> {
-    let participant_ids =
-        conversations::participants_if_member(&ctx.pool, req.conversation_id, req.user_id.as_str())
-            .await
-            .map_err(Error::from)?
-            .ok_or_else(ApiError::forbidden)?;
+    let participant_ids = members_of(ctx, req.conversation_id, &req.user_id).await?;
     Ok(MembersReply { participant_ids })
+}
+
+/// `conversation:list`: the caller's conversations, the most recently active first, each with
+/// its last message and the caller's unread count; paged by the opaque `nextBefore` cursor.
+#[tracing::instrument(skip_all, fields(user = %req.user_id))]
+pub async fn list(ctx: &ChatContext, req: ListRequest) -> Result<ListReply, ApiError> {
+    let limit = req
+        .limit
+        .unwrap_or(LIST_DEFAULT_LIMIT)
+        .clamp(1, LIST_MAX_LIMIT);
+    let before = req.before.as_deref().map(parse_cursor).transpose()?;
+    let mut rows = conversations::list(
+        &ctx.pool,
+        req.user_id.as_str(),
+        before,
+        i64::from(limit) + 1,
+    )
+    .await
+    .map_err(Error::from)?;
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let (ids, seqs): (Vec<Uuid>, Vec<i64>) = rows
+        .iter()
+        .map(|r| r.conversation())
+        .filter(|c| c.last_seq > 0)
+        .map(|c| (c.id, c.last_seq))
+        .unzip();
+    let mut last = messages::at(&ctx.pool, &ids, &seqs)
+        .await
+        .map_err(Error::from)?;
+    let next_before = if more {
+        rows.last()
+            .map(|r| cursor(r.active_at, r.conversation().id))
+    } else {
+        None
+    };
+    let conversations = rows
+        .iter()
+        .map(|r| {
+            let conversation = r.conversation();
+            let last_message = last
+                .iter()
+                .position(|m| m.conversation_id == conversation.id)
+                .map(|i| last.swap_remove(i));
+            ListedConversation {
+                conversation,
+                last_message,
+                unread_count: r.unread_count,
+            }
+        })
+        .collect();
+    Ok(ListReply {
+        conversations,
+        next_before,
+    })
+}
+
+/// The list cursor: the activity time in microseconds and the id of the last conversation of a
+/// page.
+fn cursor(at: DateTime<Utc>, id: Uuid) -> String {
+    format!("{}_{}", at.timestamp_micros(), id.simple())
+}
+
+fn parse_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
+    let bad = || ApiError::invalid("before is not a cursor this server gave out");
+    let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
+    let at = micros
+        .parse::<i64>()
+        .ok()
+        .and_then(DateTime::from_timestamp_micros)
+        .ok_or_else(bad)?;
+    let id = Uuid::try_parse(id).map_err(|_| bad())?;
+    Ok((at, id))
+}
+
+/// `message:edit`: the sender replaces the content of a message that is not deleted. Every
+/// member is told `message:updated`.
+#[tracing::instrument(skip_all, fields(user = %req.user_id, conversation = %req.conversation_id))]
+pub async fn edit(ctx: &ChatContext, req: EditRequest) -> Result<MessageReply, ApiError> {
+    let content = Content::parse(req.content, HARD_MAX_CONTENT_CHARS).map_err(|e| match e {
+        ContentError::TooLong { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+        ContentError::Blank | ContentError::Nul => ApiError::invalid(e.to_string()),
+    })?;
+    let members = members_of(ctx, req.conversation_id, &req.user_id).await?;
+    let edited = messages::edit(
+        &ctx.pool,
+        req.conversation_id,
+        req.seq,
+        req.user_id.as_str(),
+        content.as_str(),
+        now_micros(),
+    )
+    .await
+    .map_err(Error::from)?;
+    let Some(message) = edited else {
+        return Err(
+            why_unchanged(ctx, &req.user_id, req.conversation_id, req.seq, "edit")
+                .await?
+                .unwrap_or_else(|| ApiError::new(ErrorCode::NotFound, "the message was deleted")),
+        );
+    };
+    announce(
+        ctx,
+        &members,
+        ServerEvent::MessageUpdated(message.clone()).to_json(),
+    )
+    .await;
+    Ok(MessageReply { message })
+}
+
+/// `message:delete`: the sender's message loses its content; its row and seq stay, so nobody's
+/// sequence breaks. Deleting it again is a no-op. Every member is told `message:updated`.
+#[tracing::instrument(skip_all, fields(user = %req.user_id, conversation = %req.conversation_id))]
+pub async fn delete(ctx: &ChatContext, req: DeleteRequest) -> Result<Empty, ApiError> {
+    let members = members_of(ctx, req.conversation_id, &req.user_id).await?;
+    let deleted = messages::delete(
+        &ctx.pool,
+        req.conversation_id,
+        req.seq,
+        req.user_id.as_str(),
+        now_micros(),
+    )
+    .await
+    .map_err(Error::from)?;
+    match deleted {
+        Some(message) => {
+            announce(
+                ctx,
+                &members,
+                ServerEvent::MessageUpdated(message).to_json(),
+            )
+            .await;
+            Ok(Empty {})
+        }
+        None => {
+            match why_unchanged(ctx, &req.user_id, req.conversation_id, req.seq, "delete").await? {
+                Some(refusal) => Err(refusal),
+                // Already deleted by its sender.
+                None => Ok(Empty {}),
+            }
+        }
+    }
+}
+
+/// Why an edit or delete of the message at `seq` changed nothing: there is no such message, or
+/// it is someone else's. `None` when it is the caller's own, already deleted message.
+async fn why_unchanged(
+    ctx: &ChatContext,
+    user: &UserId,
+    conversation: Uuid,
+    seq: i64,
+    verb: &str,
+) -> Result<Option<ApiError>, ApiError> {
+    let found = messages::author(&ctx.pool, conversation, seq)
+        .await
+        .map_err(Error::from)?;
+    Ok(match found {
+        None => Some(ApiError::new(
+            ErrorCode::NotFound,
+            "no message with that seq",
+        )),
+        Some((sender, _)) if sender != user.as_str() => Some(ApiError::new(
+            ErrorCode::Forbidden,
+            format!("you can {verb} only your own messages"),
+        )),
+        Some(_) => None,
+    })
+}
+
+/// `member:add`: a member of a group adds someone. The newcomer is told `conversation:new` and
+/// starts with nothing unread; everyone else is told `conversation:updated`. Adding a member
+/// again changes nothing.
+#[tracing::instrument(skip_all, fields(user = %req.user_id, conversation = %req.conversation_id))]
+pub async fn member_add(ctx: &ChatContext, req: MemberRequest) -> Result<OpenReply, ApiError> {
+    change_members(ctx, req, true).await
+}
+
+/// `member:remove`: a member of a group removes someone (themselves: leaving). From then on the
+/// removed user gets nothing of the conversation and may read none of it; they and the others
+/// are told `conversation:updated`.
+#[tracing::instrument(skip_all, fields(user = %req.user_id, conversation = %req.conversation_id))]
+pub async fn member_remove(ctx: &ChatContext, req: MemberRequest) -> Result<OpenReply, ApiError> {
+    change_members(ctx, req, false).await
+}
+
+async fn change_members(
+    ctx: &ChatContext,
+    req: MemberRequest,
+    add: bool,
+) -> Result<OpenReply, ApiError> {
+    let member = req.member_id.as_str();
+    let mut tx = ctx.pool.begin().await.map_err(Error::from)?;
+    // Locked, so a membership change and the writes that check membership take turns.
+    let locked = conversations::lock_one(&mut tx, req.conversation_id)
+        .await
+        .map_err(Error::from)?
+        .filter(|c| c.participant_ids.iter().any(|p| p == req.user_id.as_str()))
+        .ok_or_else(ApiError::forbidden)?;
+    if locked.kind != ConversationKind::Group.as_str() {
+        return Err(ApiError::invalid(
+            "members can be added or removed only in a group",
+        ));
+    }
+    let before = locked.participant_ids;
+    let present = before.iter().any(|p| p == member);
+    let mut after = before.clone();
+    let conversation = if add {
+        if !present {
+            if after.len() >= MAX_PARTICIPANTS {
+                return Err(ApiError::invalid(format!(
+                    "a conversation may have at most {MAX_PARTICIPANTS} participants"
+                )));
+            }
+            after.push(member.to_owned());
+            after.sort();
+        }
+        conversations::add_member(
+            &mut tx,
+            req.conversation_id,
+            member,
+            &after,
+            locked.last_seq,
+        )
+        .await
+    } else {
+        if !present {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                "that user is not a member of this conversation",
+            ));
+        }
+        after.retain(|p| p != member);
+        conversations::remove_member(&mut tx, req.conversation_id, member, &after).await
+    }
+    .map_err(Error::from)?;
+    tx.commit().await.map_err(Error::from)?;
+
+    if before != after {
+        // Gateways forget the members they cached, so the change holds on every gateway at once.
+        if let Err(e) = ctx
+            .nats
+            .publish(ctx.subjects.ctl_conversation(conversation.id), Bytes::new())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot announce a membership change to gateways");
+        }
+        let updated = ServerEvent::ConversationUpdated(conversation.clone()).to_json();
+        if add {
+            announce(ctx, &before, updated).await;
+            let new = ServerEvent::ConversationNew(conversation.clone()).to_json();
+            announce(ctx, &[member.to_owned()], new).await;
+        } else {
+            announce(ctx, &before, updated).await;
+        }
+    }
+    Ok(OpenReply { conversation })
+}
+
+/// Who shares a conversation with the user: whom their presence concerns.
+pub async fn contacts(ctx: &ChatContext, req: ContactsRequest) -> Result<ContactsReply, ApiError> {
+    let user_ids = conversations::contacts(&ctx.pool, req.user_id.as_str(), MAX_CONTACTS)
+        .await
+        .map_err(Error::from)?;
+    Ok(ContactsReply { user_ids })
+}
+
+/// The members of a conversation, if `user` is one; `forbidden` otherwise.
+async fn members_of(
+    ctx: &ChatContext,
+    conversation: Uuid,
+    user: &UserId,
+) -> Result<Vec<String>, ApiError> {
+    conversations::participants_if_member(&ctx.pool, conversation, user.as_str())
+        .await
+        .map_err(Error::from)?
+        .ok_or_else(ApiError::forbidden)
+}
+
+/// Now, at the precision Postgres stores, so an announced value equals the stored one.
+pub fn now_micros() -> DateTime<Utc> {
+    let now = Utc::now();
+    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
 }
 
 async fn require_member(

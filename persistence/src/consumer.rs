@@ -17,22 +17,22 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
 use bytes::Bytes;
-use chrono::{DateTime, Utc};
+use chrono::DateTime;
 use futures::{FutureExt, StreamExt};
 use parley_common::domain::Content;
 use parley_common::subjects::Subjects;
-use parley_common::wire::{ErrorCode, ErrorEvent, Message, SendCommand, ServerEvent};
+use parley_common::wire::{
+    ConversationKind, ErrorCode, ErrorEvent, Message, ReadCommand, ReadEvent, SendCommand,
+    ServerEvent,
+};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::chat::{HARD_MAX_CONTENT_CHARS, now_micros};
 use crate::config::PersistenceConfig;
 use crate::error::{Error, Result};
 use crate::store::{conversations, messages};
-
-/// The largest content persistence stores, whatever a gateway let through. Gateways enforce the
-/// configured limit; this is the backstop that keeps a rogue publisher from bloating rows.
-const HARD_MAX_CONTENT_CHARS: usize = 64 * 1024;
 
 /// Header on a dead-lettered command naming why it can never succeed.
 pub const DLQ_REASON_HEADER: &str = "Parley-Dlq-Reason";
@@ -176,7 +176,22 @@ struct Writer {
 /// A command read from the stream and checked.
 struct Parsed {
     msg: jetstream::Message,
-    cmd: SendCommand,
+    cmd: Command,
+}
+
+/// What `PARLEY_IN` carries.
+enum Command {
+    Send(SendCommand),
+    Read(ReadCommand),
+}
+
+impl Command {
+    fn conversation_id(&self) -> Uuid {
+        match self {
+            Command::Send(c) => c.conversation_id,
+            Command::Read(c) => c.conversation_id,
+        }
+    }
 }
 
 /// What became of one command in a committed transaction.
@@ -186,6 +201,13 @@ enum Outcome {
         message: Message,
         participants: Vec<String>,
     },
+    /// A read position moved: tell these users.
+    Read {
+        event: ReadEvent,
+        participants: Vec<String>,
+    },
+    /// Nothing to say (a read receipt that moved nothing).
+    Quiet,
     /// The sender is not a member (or there is no such conversation).
     Forbidden,
 }
@@ -235,12 +257,14 @@ impl Writer {
                 Err(e) => {
                     let p = &parsed[0];
                     tracing::error!(error = %e, "command cannot be stored");
-                    self.tell_sender(
-                        &p.cmd,
-                        ErrorCode::Invalid,
-                        "the message cannot be stored; do not retry it",
-                    )
-                    .await;
+                    if let Command::Send(cmd) = &p.cmd {
+                        self.tell_sender(
+                            cmd,
+                            ErrorCode::Invalid,
+                            "the message cannot be stored; do not retry it",
+                        )
+                        .await;
+                    }
                     self.dead_letter(&p.msg, &format!("cannot be stored: {e}"))
                         .await;
                     return;
@@ -256,8 +280,8 @@ impl Writer {
             match self.parse(&msg) {
                 Ok(cmd) => parsed.push(Parsed { msg, cmd }),
                 Err((reason, cmd)) => {
-                    if let Some(cmd) = cmd {
-                        self.tell_sender(&cmd, ErrorCode::Invalid, &reason).await;
+                    if let Some(Command::Send(cmd)) = cmd.as_deref() {
+                        self.tell_sender(cmd, ErrorCode::Invalid, &reason).await;
                     }
                     self.dead_letter(&msg, &reason).await;
                 }
@@ -289,21 +313,38 @@ impl Writer {
     fn parse(
         &self,
         msg: &jetstream::Message,
-    ) -> std::result::Result<SendCommand, (String, Option<Box<SendCommand>>)> {
-        let prefix = format!("{}.in.msg.", self.subjects.prefix());
-        let Some(conversation) = msg.subject.as_str().strip_prefix(&prefix) else {
-            return Err((format!("unsupported command subject {}", msg.subject), None));
+    ) -> std::result::Result<Command, (String, Option<Box<Command>>)> {
+        let unsupported = || (format!("unsupported command subject {}", msg.subject), None);
+        let rest = msg
+            .subject
+            .as_str()
+            .strip_prefix(self.subjects.prefix())
+            .and_then(|r| r.strip_prefix(".in."))
+            .ok_or_else(unsupported)?;
+        let (kind, conversation) = rest.split_once('.').ok_or_else(unsupported)?;
+        let malformed = |e: serde_json::Error| (format!("malformed command: {e}"), None);
+        let cmd = match kind {
+            "msg" => Command::Send(serde_json::from_slice(&msg.payload).map_err(malformed)?),
+            "read" => Command::Read(serde_json::from_slice(&msg.payload).map_err(malformed)?),
+            _ => return Err(unsupported()),
         };
-        let cmd: SendCommand = serde_json::from_slice(&msg.payload)
-            .map_err(|e| (format!("malformed command: {e}"), None))?;
-        if conversation != cmd.conversation_id.to_string() {
+        if conversation != cmd.conversation_id().to_string() {
             return Err((
                 "subject and conversationId disagree".into(),
                 Some(Box::new(cmd)),
             ));
         }
-        if let Err(e) = Content::parse(cmd.content.clone(), HARD_MAX_CONTENT_CHARS) {
-            return Err((format!("invalid content: {e}"), Some(Box::new(cmd))));
+        match &cmd {
+            Command::Send(send) => {
+                if let Err(e) = Content::parse(send.content.clone(), HARD_MAX_CONTENT_CHARS) {
+                    return Err((format!("invalid content: {e}"), Some(Box::new(cmd))));
+                }
+            }
+            Command::Read(read) => {
+                if read.seq < 1 {
+                    return Err(("seq must be at least 1".into(), None));
+                }
+            }
         }
         Ok(cmd)
     }
@@ -312,7 +353,7 @@ impl Writer {
     async fn write(&self, batch: &[Parsed]) -> Result<Vec<Outcome>> {
         let mut tx = self.pool.begin().await?;
 
-        let mut ids: Vec<Uuid> = batch.iter().map(|p| p.cmd.conversation_id).collect();
+        let mut ids: Vec<Uuid> = batch.iter().map(|p| p.cmd.conversation_id()).collect();
         ids.sort_unstable();
         ids.dedup();
         let mut locked: HashMap<Uuid, conversations::Locked> = conversations::lock(&mut tx, &ids)
@@ -321,8 +362,14 @@ impl Writer {
             .map(|c| (c.id, c))
             .collect();
 
-        let senders: Vec<&str> = batch.iter().map(|p| p.cmd.sender_id.as_str()).collect();
-        let client_ids: Vec<&str> = batch.iter().map(|p| p.cmd.client_msg_id.as_str()).collect();
+        let sends = || {
+            batch.iter().filter_map(|p| match &p.cmd {
+                Command::Send(c) => Some(c),
+                Command::Read(_) => None,
+            })
+        };
+        let senders: Vec<&str> = sends().map(|c| c.sender_id.as_str()).collect();
+        let client_ids: Vec<&str> = sends().map(|c| c.client_msg_id.as_str()).collect();
         let mut known: HashMap<(String, String), Message> =
             messages::find_by_client_ids(&mut tx, &senders, &client_ids)
                 .await?
@@ -334,8 +381,17 @@ impl Writer {
         let mut inserts: Vec<Message> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut advanced: HashMap<Uuid, i64> = HashMap::new();
+        // Reads are applied after the batch's messages are in, at their place in `outcomes`.
+        let mut reads: Vec<(usize, &ReadCommand)> = Vec::new();
         for p in batch {
-            let cmd = &p.cmd;
+            let cmd = match &p.cmd {
+                Command::Send(cmd) => cmd,
+                Command::Read(read) => {
+                    reads.push((outcomes.len(), read));
+                    outcomes.push(Outcome::Quiet);
+                    continue;
+                }
+            };
             let key = (
                 cmd.sender_id.as_str().to_owned(),
                 cmd.client_msg_id.as_str().to_owned(),
@@ -393,6 +449,9 @@ impl Writer {
             let at = vec![now; ids.len()];
             conversations::advance(&mut tx, &ids, &seqs, &at).await?;
         }
+        for (slot, read) in reads {
+            outcomes[slot] = apply_read(&mut tx, &locked, read).await?;
+        }
         tx.commit().await?;
         tracing::debug!(
             stored = inserts.len(),
@@ -422,13 +481,30 @@ impl Writer {
                         }
                     }
                 }
+                Outcome::Read {
+                    event,
+                    participants,
+                } => {
+                    let event = ServerEvent::MessageRead(event).to_json();
+                    for user in &participants {
+                        if let Err(e) = nats
+                            .publish(self.subjects.out_user(user), event.clone())
+                            .await
+                        {
+                            tracing::warn!(error = %e, "cannot publish a read receipt");
+                        }
+                    }
+                }
+                Outcome::Quiet => {}
                 Outcome::Forbidden => {
-                    self.tell_sender(
-                        &p.cmd,
-                        ErrorCode::Forbidden,
-                        "you are not a member of this conversation",
-                    )
-                    .await;
+                    if let Command::Send(cmd) = &p.cmd {
+                        self.tell_sender(
+                            cmd,
+                            ErrorCode::Forbidden,
+                            "you are not a member of this conversation",
+                        )
+                        .await;
+                    }
                     forbidden.push(p);
                 }
             }
@@ -479,8 +555,38 @@ impl Writer {
     }
 }
 
-/// Now, at the precision Postgres stores, so an announced message equals the stored row.
-fn now_micros() -> DateTime<Utc> {
-    let now = Utc::now();
-    DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now)
+/// Moves a reader's position forward (never back, never past the last message) and, in a
+/// direct conversation, stamps `readAt` on what the other sent. A receipt from someone who is
+/// not a member is dropped: the gateway checked before publishing, so it is stale, and saying
+/// so would only tell a former member about the conversation.
+async fn apply_read(
+    tx: &mut sqlx::PgConnection,
+    locked: &HashMap<Uuid, conversations::Locked>,
+    read: &ReadCommand,
+) -> Result<Outcome> {
+    let Some(conversation) = locked.get(&read.conversation_id) else {
+        return Ok(Outcome::Quiet);
+    };
+    let reader = read.user_id.as_str();
+    if !conversation.participant_ids.iter().any(|u| u == reader) {
+        tracing::info!(user = reader, "dropped a read receipt from a non-member");
+        return Ok(Outcome::Quiet);
+    }
+    let seq = read.seq.min(conversation.last_seq);
+    let Some(from) = conversations::mark_read(tx, read.conversation_id, reader, seq).await? else {
+        return Ok(Outcome::Quiet);
+    };
+    let at = DateTime::from_timestamp_micros(read.at.timestamp_micros()).unwrap_or(read.at);
+    if conversation.kind == ConversationKind::Direct.as_str() {
+        messages::mark_read(tx, read.conversation_id, reader, (from, seq), at).await?;
+    }
+    Ok(Outcome::Read {
+        event: ReadEvent {
+            conversation_id: read.conversation_id,
+            user_id: reader.to_owned(),
+            seq,
+            read_at: at,
+        },
+        participants: conversation.participant_ids.clone(),
+    })
 }

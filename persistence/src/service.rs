@@ -26,7 +26,7 @@ impl ChatService {
         let inner = NatsService::start(
             &ctx.nats,
             SERVICE_NAME,
-            "Parley chat queries: open, history, sync, members",
+            "Parley chat: conversations, members, history, sync, edits and deletes",
             ctx.subjects.rpc_chat_group(),
             ChatOp::ALL.map(|op| (op, op.as_str())),
         )
@@ -55,5 +55,11 @@ async fn handle(ctx: &ChatContext, op: ChatOp, payload: &[u8]) -> Bytes {
         ChatOp::History => answer(payload, |r| chat::history(ctx, r)).await,
         ChatOp::Sync => answer(payload, |r| chat::sync(ctx, r)).await,
         ChatOp::Members => answer(payload, |r| chat::members(ctx, r)).await,
+        ChatOp::List => answer(payload, |r| chat::list(ctx, r)).await,
+        ChatOp::Edit => answer(payload, |r| chat::edit(ctx, r)).await,
+        ChatOp::Delete => answer(payload, |r| chat::delete(ctx, r)).await,
+        ChatOp::MemberAdd => answer(payload, |r| chat::member_add(ctx, r)).await,
+        ChatOp::MemberRemove => answer(payload, |r| chat::member_remove(ctx, r)).await,
+        ChatOp::Contacts => answer(payload, |r| chat::contacts(ctx, r)).await,
     }
 }

@@ -119,6 +119,7 @@ async fn add_members(
 #[derive(Debug, sqlx::FromRow)]
 pub struct Locked {
     pub id: Uuid,
+    pub kind: String,
     pub participant_ids: Vec<String>,
     pub last_seq: i64,
 }
@@ -127,7 +128,7 @@ pub struct Locked {
 /// those that exist.
 pub async fn lock(conn: &mut PgConnection, ids: &[Uuid]) -> sqlx::Result<Vec<Locked>> {
     sqlx::query_as(
-        "select id, participant_ids, last_seq from conversations
+        "select id, kind, participant_ids, last_seq from conversations
          where id = any($1) order by id for update",
     )
     .bind(ids)
@@ -184,6 +185,178 @@ pub async fn memberships(
     )
     .bind(user)
     .bind(ids)
+    .fetch_all(db)
+    .await
+}
+
+/// A conversation of a user's list, with what the list adds.
+#[derive(sqlx::FromRow)]
+pub struct ListedRow {
+    #[sqlx(flatten)]
+    row: Row,
+    /// `coalesce(last_message_at, created_at)`: what the list is ordered by.
+    pub active_at: DateTime<Utc>,
+    pub unread_count: i64,
+}
+
+impl ListedRow {
+    pub fn conversation(&self) -> Conversation {
+        Conversation {
+            id: self.row.id,
+            kind: if self.row.kind == "direct" {
+                ConversationKind::Direct
+            } else {
+                ConversationKind::Group
+            },
+            title: self.row.title.clone(),
+            participant_ids: self.row.participant_ids.clone(),
+            last_seq: self.row.last_seq,
+            last_message_at: self.row.last_message_at,
+            created_at: self.row.created_at,
+        }
+    }
+}
+
+/// A page of `user`'s conversations, the most recently active first, strictly after the
+/// position `before` (activity time, id) in that order. The unread count is the messages after
+/// the user's read position that others sent and nobody deleted.
+pub async fn list(
+    db: impl PgExecutor<'_>,
+    user: &str,
+    before: Option<(DateTime<Utc>, Uuid)>,
+    limit: i64,
+) -> sqlx::Result<Vec<ListedRow>> {
+    let (before_at, before_id) = before.unzip();
+    sqlx::query_as(
+        "select c.id, c.kind, c.title, c.participant_ids, c.last_seq, c.last_message_at,
+                c.created_at,
+                coalesce(c.last_message_at, c.created_at) as active_at,
+                (select count(*) from messages x
+                 where x.conversation_id = c.id and x.seq > m.last_read_seq
+                   and x.sender_id <> $1 and x.deleted_at is null) as unread_count
+         from conversation_members m
+         join conversations c on c.id = m.conversation_id
+         where m.user_id = $1
+           and ($2::timestamptz is null
+                or (coalesce(c.last_message_at, c.created_at), c.id) < ($2, $3::uuid))
+         order by coalesce(c.last_message_at, c.created_at) desc, c.id desc
+         limit $4",
+    )
+    .bind(user)
+    .bind(before_at)
+    .bind(before_id)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// A conversation locked for a membership change.
+#[derive(Debug, sqlx::FromRow)]
+pub struct ForChange {
+    pub kind: String,
+    pub participant_ids: Vec<String>,
+    pub last_seq: i64,
+}
+
+/// Locks one conversation for the rest of the transaction, if it exists.
+pub async fn lock_one(conn: &mut PgConnection, id: Uuid) -> sqlx::Result<Option<ForChange>> {
+    sqlx::query_as(
+        "select kind, participant_ids, last_seq from conversations where id = $1 for update",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Adds `user` to a locked conversation, its read position at `read_to` (a newcomer has
+/// nothing unread), and stores the new sorted member list. Returns the conversation.
+pub async fn add_member(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user: &str,
+    participants: &[String],
+    read_to: i64,
+) -> sqlx::Result<Conversation> {
+    sqlx::query(
+        "insert into conversation_members (conversation_id, user_id, last_read_seq)
+         values ($1, $2, $3) on conflict do nothing",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(read_to)
+    .execute(&mut *conn)
+    .await?;
+    set_participants(conn, id, participants).await
+}
+
+/// Removes `user` from a locked conversation and stores the new sorted member list.
+pub async fn remove_member(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user: &str,
+    participants: &[String],
+) -> sqlx::Result<Conversation> {
+    sqlx::query("delete from conversation_members where conversation_id = $1 and user_id = $2")
+        .bind(id)
+        .bind(user)
+        .execute(&mut *conn)
+        .await?;
+    set_participants(conn, id, participants).await
+}
+
+async fn set_participants(
+    conn: &mut PgConnection,
+    id: Uuid,
+    participants: &[String],
+) -> sqlx::Result<Conversation> {
+    let row: Row = sqlx::query_as(
+        "update conversations set participant_ids = $2 where id = $1
+         returning id, kind, title, participant_ids, last_seq, last_message_at, created_at",
+    )
+    .bind(id)
+    .bind(participants)
+    .fetch_one(conn)
+    .await?;
+    Ok(row.into())
+}
+
+/// Moves `user`'s read position in a conversation forward to `seq`. Returns the position it
+/// had, or `None` when it was already there or further (or the user is not a member).
+pub async fn mark_read(
+    conn: &mut PgConnection,
+    id: Uuid,
+    user: &str,
+    seq: i64,
+) -> sqlx::Result<Option<i64>> {
+    sqlx::query_scalar(
+        "update conversation_members m set last_read_seq = $3
+         from conversation_members old
+         where m.conversation_id = $1 and m.user_id = $2 and m.last_read_seq < $3
+           and old.conversation_id = m.conversation_id and old.user_id = m.user_id
+         returning old.last_read_seq",
+    )
+    .bind(id)
+    .bind(user)
+    .bind(seq)
+    .fetch_optional(conn)
+    .await
+}
+
+/// Everyone who shares a conversation with `user`, at most `limit` of them.
+pub async fn contacts(
+    db: impl PgExecutor<'_>,
+    user: &str,
+    limit: i64,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar(
+        "select distinct p from conversation_members m
+         join conversations c on c.id = m.conversation_id
+         cross join lateral unnest(c.participant_ids) as p
+         where m.user_id = $1 and p <> $1
+         limit $2",
+    )
+    .bind(user)
+    .bind(limit)
     .fetch_all(db)
     .await
 }

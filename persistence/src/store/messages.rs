@@ -146,3 +146,111 @@ pub async fn after(
     .await?;
     Ok(rows.into_iter().map(Into::into).collect())
 }
+
+/// The messages at `(conversations[i], seqs[i])`, for the last message of each listed
+/// conversation.
+pub async fn at(
+    db: impl PgExecutor<'_>,
+    conversations: &[Uuid],
+    seqs: &[i64],
+) -> sqlx::Result<Vec<Message>> {
+    let rows: Vec<Row> = sqlx::query_as(
+        "select m.id, m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.content,
+                m.read_at, m.created_at, m.edited_at, m.deleted_at
+         from unnest($1::uuid[], $2::int8[]) as k(conversation_id, seq)
+         join messages m on m.conversation_id = k.conversation_id and m.seq = k.seq",
+    )
+    .bind(conversations)
+    .bind(seqs)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(Into::into).collect())
+}
+
+/// Who sent the message at `seq` and whether it is deleted, to explain why a change was refused.
+pub async fn author(
+    db: impl PgExecutor<'_>,
+    conversation: Uuid,
+    seq: i64,
+) -> sqlx::Result<Option<(String, Option<DateTime<Utc>>)>> {
+    sqlx::query_as(
+        "select sender_id, deleted_at from messages where conversation_id = $1 and seq = $2",
+    )
+    .bind(conversation)
+    .bind(seq)
+    .fetch_optional(db)
+    .await
+}
+
+/// Replaces the content of `sender`'s message at `seq`, unless it is deleted.
+pub async fn edit(
+    db: impl PgExecutor<'_>,
+    conversation: Uuid,
+    seq: i64,
+    sender: &str,
+    content: &str,
+    at: DateTime<Utc>,
+) -> sqlx::Result<Option<Message>> {
+    let row: Option<Row> = sqlx::query_as(
+        "update messages set content = $4, edited_at = $5
+         where conversation_id = $1 and seq = $2 and sender_id = $3 and deleted_at is null
+         returning id, conversation_id, seq, sender_id, client_msg_id, content,
+                   read_at, created_at, edited_at, deleted_at",
+    )
+    .bind(conversation)
+    .bind(seq)
+    .bind(sender)
+    .bind(content)
+    .bind(at)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// Soft-deletes `sender`'s message at `seq`: the content goes, the row and its seq stay.
+/// `None` when there is no such live message of theirs.
+pub async fn delete(
+    db: impl PgExecutor<'_>,
+    conversation: Uuid,
+    seq: i64,
+    sender: &str,
+    at: DateTime<Utc>,
+) -> sqlx::Result<Option<Message>> {
+    let row: Option<Row> = sqlx::query_as(
+        "update messages set content = '', deleted_at = $4
+         where conversation_id = $1 and seq = $2 and sender_id = $3 and deleted_at is null
+         returning id, conversation_id, seq, sender_id, client_msg_id, content,
+                   read_at, created_at, edited_at, deleted_at",
+    )
+    .bind(conversation)
+    .bind(seq)
+    .bind(sender)
+    .bind(at)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.map(Into::into))
+}
+
+/// Marks the messages others sent in a conversation in `(from, to]` read at `at` (direct
+/// conversations: the sender sees when the other read them).
+pub async fn mark_read(
+    conn: &mut PgConnection,
+    conversation: Uuid,
+    reader: &str,
+    (from, to): (i64, i64),
+    at: DateTime<Utc>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "update messages set read_at = $5
+         where conversation_id = $1 and seq > $3 and seq <= $4 and sender_id <> $2
+           and read_at is null",
+    )
+    .bind(conversation)
+    .bind(reader)
+    .bind(from)
+    .bind(to)
+    .bind(at)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -470,6 +470,11 @@ impl WsClient {
         self.closed.clone().unwrap_or((0, String::new()))
     }
 
+    /// How many `event` frames are buffered, unread.
+    pub fn buffered_count(&self, event: &str) -> usize {
+        self.buffered.iter().filter(|f| f["type"] == event).count()
+    }
+
     /// Whatever `message:new` events are already buffered.
     pub fn buffered_messages(&self) -> usize {
         self.buffered

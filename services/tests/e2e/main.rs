@@ -3,11 +3,13 @@
 
 mod accounts;
 mod binary;
+mod chat;
 mod faults;
 mod helpers;
 mod jsclient;
 mod measure;
 mod pipeline;
 mod protocol;
+mod refused;
 mod security;
 mod socketio;

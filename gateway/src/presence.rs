@@ -1,0 +1,486 @@
+//! Presence across all gateways, kept in a NATS key-value bucket (DESIGN §2: ephemeral, never
+//! in Postgres).
+//!
+//! - `u.<user>`: `{"gateways": {"<gateway>": <unix ms of its last heartbeat>}, "lastSeenAt"}`.
+//!   A user is online while any gateway's heartbeat in it is younger than the TTL, so a crashed
+//!   gateway's users go offline by themselves, without anyone cleaning up. Written with
+//!   compare-and-set, so gateways holding the same user never overwrite each other.
+//! - `g.<gateway>`: the gateway's own heartbeat, which every gateway watches.
+//! - `m.<gateway>.<user>`: the users a gateway holds, so that when a gateway stops heartbeating,
+//!   one surviving gateway (the live one with the smallest id) can tell those users' contacts
+//!   they went offline, and tidy up.
+//!
+//! Changes are announced as `presence` events to everyone who shares a conversation with the
+//! user (the `contacts` query of persistence). Only online/offline transitions are announced,
+//! not heartbeats.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, TryStreamExt};
+use parley_common::domain::UserId;
+use parley_common::nats::{SetupError, StreamSettings};
+use parley_common::rpc::{self, ContactsReply, ContactsRequest};
+use parley_common::subjects::{ChatOp, Subjects};
+use parley_common::wire::{self, ServerEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Compare-and-set attempts before a change is given up (and logged).
+const CAS_ATTEMPTS: usize = 8;
+/// Heartbeats written at once.
+const BEAT_CONCURRENCY: usize = 32;
+/// A dead gateway is forgotten after this many TTLs (it was swept long before).
+const FORGET_AFTER_TTLS: u32 = 10;
+
+/// A user's presence record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    #[serde(default)]
+    gateways: BTreeMap<String, i64>,
+    #[serde(default)]
+    last_seen_at: Option<DateTime<Utc>>,
+}
+
+impl Record {
+    fn online(&self, now_ms: i64, ttl_ms: i64) -> bool {
+        self.gateways.values().any(|&beat| now_ms - beat < ttl_ms)
+    }
+
+    fn view(&self, user: &str, now_ms: i64, ttl_ms: i64) -> wire::Presence {
+        let online = self.online(now_ms, ttl_ms);
+        let last_beat = self
+            .gateways
+            .values()
+            .max()
+            .and_then(|&ms| DateTime::from_timestamp_millis(ms));
+        wire::Presence {
+            user_id: user.to_owned(),
+            online,
+            last_seen_at: match (self.last_seen_at, last_beat) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+}
+
+/// What the fan-out tells presence: a user's first socket here came, or their last one went.
+#[derive(Debug)]
+pub enum Change {
+    Up(UserId),
+    Down(UserId),
+}
+
+/// Where the fan-out sends [`Change`]s. In order, since both are sent under the fan-out's lock.
+#[derive(Clone)]
+pub struct Tracker(mpsc::UnboundedSender<Change>);
+
+impl Tracker {
+    pub fn up(&self, user: &UserId) {
+        let _ = self.0.send(Change::Up(user.clone()));
+    }
+
+    pub fn down(&self, user: &UserId) {
+        let _ = self.0.send(Change::Down(user.clone()));
+    }
+}
+
+pub struct Presence {
+    kv: kv::Store,
+    stream: jetstream::stream::Stream,
+    /// `$KV.<bucket>.`
+    key_prefix: String,
+    gateway: String,
+    ttl: Duration,
+    nats: async_nats::Client,
+    subjects: Subjects,
+}
+
+impl Presence {
+    /// Declares the bucket and gives this gateway a fresh id.
+    pub async fn start(
+        js: &jetstream::Context,
+        subjects: Subjects,
+        settings: StreamSettings,
+        ttl: Duration,
+    ) -> Result<(Arc<Self>, Tracker, mpsc::UnboundedReceiver<Change>), SetupError> {
+        let kv = parley_common::nats::ensure_presence_bucket(js, &subjects, settings).await?;
+        let bucket = subjects.presence_bucket();
+        let stream = js
+            .get_stream(format!("KV_{bucket}"))
+            .await
+            .map_err(|e| SetupError(format!("cannot open the presence stream: {e}")))?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let presence = Arc::new(Self {
+            kv,
+            stream,
+            key_prefix: format!("$KV.{bucket}."),
+            gateway: uuid::Uuid::now_v7().simple().to_string(),
+            ttl,
+            nats: js.client(),
+            subjects,
+        });
+        Ok((presence, Tracker(tx), rx))
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+
+    /// The presence of each of `users`, as every gateway sees it.
+    pub async fn get(&self, users: &[UserId]) -> Result<Vec<wire::Presence>, wire::ApiError> {
+        let now = Utc::now().timestamp_millis();
+        let ttl = self.ttl_ms();
+        futures::stream::iter(users.iter().cloned())
+            .map(|user: UserId| async move {
+                let record = self.read(user.as_str()).await?.map(|(r, _)| r);
+                Ok::<_, wire::ApiError>(record.unwrap_or_default().view(user.as_str(), now, ttl))
+            })
+            .buffered(BEAT_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    async fn read(&self, user: &str) -> Result<Option<(Record, u64)>, wire::ApiError> {
+        let entry = self.kv.entry(format!("u.{user}")).await.map_err(|e| {
+            tracing::warn!(error = %e, "cannot read presence");
+            wire::ApiError::unavailable()
+        })?;
+        Ok(entry.map(|e| {
+            let record = match e.operation {
+                kv::Operation::Put => serde_json::from_slice(&e.value).unwrap_or_default(),
+                _ => Record::default(),
+            };
+            (record, e.revision)
+        }))
+    }
+
+    /// Applies `change` to a user's record with compare-and-set; returns it before and after.
+    async fn modify(
+        &self,
+        user: &str,
+        change: impl Fn(&mut Record, i64),
+    ) -> Result<(Record, Record), String> {
+        let key = format!("u.{user}");
+        let mut last_error = String::new();
+        for _ in 0..CAS_ATTEMPTS {
+            let now = Utc::now().timestamp_millis();
+            let (before, revision) = match self.read(user).await {
+                Ok(Some((r, rev))) => (r, Some(rev)),
+                Ok(None) => (Record::default(), None),
+                Err(e) => return Err(e.message),
+            };
+            let mut after = before.clone();
+            change(&mut after, now);
+            let ttl = self.ttl_ms();
+            after.gateways.retain(|_, beat| now - *beat < ttl);
+            let value: Bytes = serde_json::to_vec(&after)
+                .expect("records serialise")
+                .into();
+            let written = match revision {
+                Some(rev) => self
+                    .kv
+                    .update(&key, value, rev)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => self.kv.create(&key, value).await.map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(_) => return Ok((before, after)),
+                // Another gateway wrote in between: read again.
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// The user's first socket on this gateway arrived.
+    async fn up(&self, user: &UserId) {
+        let me = self.gateway.clone();
+        let now = Utc::now();
+        match self
+            .modify(user.as_str(), |r, ms| {
+                r.gateways.insert(me.clone(), ms);
+                r.last_seen_at = Some(now);
+            })
+            .await
+        {
+            Ok((before, after)) => {
+                let ms = now.timestamp_millis();
+                if !before.online(ms, self.ttl_ms()) {
+                    let view = after.view(user.as_str(), ms, self.ttl_ms());
+                    self.announce(user.as_str(), view).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record a user online"),
+        }
+        let key = format!("m.{}.{user}", self.gateway);
+        if let Err(e) = self.kv.put(key, Bytes::new()).await {
+            tracing::warn!(error = %e, "cannot record where a user is connected");
+        }
+    }
+
+    /// The user's last socket on this gateway went.
+    async fn down(&self, user: &UserId) {
+        let me = self.gateway.clone();
+        let now = Utc::now();
+        match self
+            .modify(user.as_str(), |r, _| {
+                r.gateways.remove(&me);
+                r.last_seen_at = Some(now);
+            })
+            .await
+        {
+            Ok((_, after)) => {
+                let ms = now.timestamp_millis();
+                if !after.online(ms, self.ttl_ms()) {
+                    let view = after.view(user.as_str(), ms, self.ttl_ms());
+                    self.announce(user.as_str(), view).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record a user offline"),
+        }
+        self.forget_member(&self.gateway, user.as_str()).await;
+    }
+
+    async fn forget_member(&self, gateway: &str, user: &str) {
+        let subject = format!("{}m.{gateway}.{user}", self.key_prefix);
+        if let Err(e) = self.stream.purge().filter(subject).await {
+            tracing::debug!(error = %e, "cannot forget where a user was connected");
+        }
+    }
+
+    /// Tells everyone who shares a conversation with `user`.
+    async fn announce(&self, user: &str, presence: wire::Presence) {
+        let Ok(user_id) = UserId::parse(user) else {
+            return;
+        };
+        let reply = self
+            .nats
+            .request(
+                self.subjects.rpc_chat(ChatOp::Contacts),
+                serde_json::to_vec(&ContactsRequest { user_id })
+                    .expect("requests serialise")
+                    .into(),
+            )
+            .await;
+        let contacts = match reply.map(|m| rpc::decode::<ContactsReply>(&m.payload)) {
+            Ok(Ok(c)) => c.user_ids,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot find whom to tell of a presence change");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot find whom to tell of a presence change");
+                return;
+            }
+        };
+        let event = ServerEvent::Presence(presence).to_json();
+        for contact in contacts {
+            if let Err(e) = self
+                .nats
+                .publish(self.subjects.out_user(&contact), event.clone())
+                .await
+            {
+                tracing::debug!(error = %e, "cannot publish a presence event");
+            }
+        }
+    }
+
+    /// Writes this gateway's heartbeat and refreshes every user it holds.
+    async fn beat(&self, local: &HashSet<UserId>) {
+        let now = Utc::now();
+        let ms = now.timestamp_millis();
+        if let Err(e) = self
+            .kv
+            .put(format!("g.{}", self.gateway), ms.to_string().into())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot write the gateway heartbeat");
+        }
+        let me = &self.gateway;
+        futures::stream::iter(local)
+            .for_each_concurrent(BEAT_CONCURRENCY, |user| async move {
+                let refreshed = self
+                    .modify(user.as_str(), |r, ms| {
+                        r.gateways.insert(me.clone(), ms);
+                        r.last_seen_at = Some(now);
+                    })
+                    .await;
+                if let Err(e) = refreshed {
+                    tracing::warn!(error = %e, "cannot refresh a user's presence");
+                }
+            })
+            .await;
+    }
+
+    /// Tells the contacts of a dead gateway's users they went offline (unless they are still
+    /// connected elsewhere), and removes what the gateway left behind.
+    async fn sweep(&self, dead: &str) {
+        let filter = format!("{}m.{dead}.*", self.key_prefix);
+        let members: Vec<String> = match self.stream.info_with_subjects(&filter).await {
+            Ok(subjects) => {
+                subjects
+                    .filter_map(|s| async move { s.ok() })
+                    .filter_map(|(subject, _)| async move {
+                        subject.rsplit('.').next().map(str::to_owned)
+                    })
+                    .collect()
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list a dead gateway's users");
+                return;
+            }
+        };
+        tracing::info!(
+            gateway = dead,
+            users = members.len(),
+            "sweeping a gateway that stopped"
+        );
+        for user in &members {
+            let gone = dead.to_owned();
+            match self
+                .modify(user, |r, _| {
+                    r.gateways.remove(&gone);
+                })
+                .await
+            {
+                Ok((before, after)) => {
+                    let ms = Utc::now().timestamp_millis();
+                    if before.gateways.contains_key(dead) && !after.online(ms, self.ttl_ms()) {
+                        self.announce(user, after.view(user, ms, self.ttl_ms()))
+                            .await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot sweep a user's presence"),
+            }
+        }
+        let _ = self.stream.purge().filter(filter).await;
+        let _ = self
+            .stream
+            .purge()
+            .filter(format!("{}g.{dead}", self.key_prefix))
+            .await;
+    }
+
+    /// Keeps this gateway's users present until `shutdown`, then records them gone.
+    pub async fn run(
+        self: Arc<Self>,
+        mut changes: mpsc::UnboundedReceiver<Change>,
+        shutdown: CancellationToken,
+    ) {
+        let mut local: HashSet<UserId> = HashSet::new();
+        let mut gateways: HashMap<String, i64> = HashMap::new();
+        let mut watch = None;
+        let mut tick = tokio::time::interval(self.ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if watch.is_none() {
+                watch = self.kv.watch_with_history("g.*").await.ok();
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                change = changes.recv() => match change {
+                    Some(Change::Up(user)) => {
+                        if local.insert(user.clone()) {
+                            self.up(&user).await;
+                        }
+                    }
+                    Some(Change::Down(user)) => {
+                        if local.remove(&user) {
+                            self.down(&user).await;
+                        }
+                    }
+                    None => break,
+                },
+                entry = next_entry(&mut watch) => match entry {
+                    Some(e) if e.operation == kv::Operation::Put => {
+                        let beat = std::str::from_utf8(&e.value).ok().and_then(|v| v.parse().ok());
+                        if let (Some(id), Some(beat)) = (e.key.strip_prefix("g."), beat) {
+                            gateways.insert(id.to_owned(), beat);
+                        }
+                    }
+                    Some(e) => {
+                        if let Some(id) = e.key.strip_prefix("g.") {
+                            gateways.remove(id);
+                        }
+                    }
+                    None => watch = None,
+                },
+                _ = tick.tick() => {
+                    self.beat(&local).await;
+                    let now = Utc::now().timestamp_millis();
+                    gateways.insert(self.gateway.clone(), now);
+                    for dead in self.dead_gateways(&mut gateways, now) {
+                        self.sweep(&dead).await;
+                    }
+                }
+            }
+        }
+        // Draining: the users here go now, not a TTL from now.
+        for user in std::mem::take(&mut local) {
+            self.down(&user).await;
+        }
+        let _ = self
+            .stream
+            .purge()
+            .filter(format!("{}g.{}", self.key_prefix, self.gateway))
+            .await;
+    }
+
+    /// The gateways whose heartbeat stopped, when this gateway is the one to sweep them: the
+    /// live gateway with the smallest id. Long-dead ones are forgotten.
+    fn dead_gateways(&self, gateways: &mut HashMap<String, i64>, now: i64) -> Vec<String> {
+        let ttl = self.ttl_ms();
+        gateways.retain(|_, beat| now - *beat < ttl * i64::from(FORGET_AFTER_TTLS));
+        let sweeper = gateways
+            .iter()
+            .filter(|(_, beat)| now - **beat < ttl)
+            .map(|(id, _)| id)
+            .min();
+        if sweeper != Some(&self.gateway) {
+            return Vec::new();
+        }
+        gateways
+            .iter()
+            .filter(|(_, beat)| now - **beat >= ttl)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<kv::Entry> {
+    match watch {
+        Some(w) => match w.next().await {
+            Some(Ok(e)) => Some(e),
+            _ => None,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_is_online_while_any_gateway_heartbeat_is_fresh() {
+        let mut r = Record::default();
+        assert!(!r.online(10_000, 3_000));
+        r.gateways.insert("a".into(), 8_000);
+        r.gateways.insert("b".into(), 1_000);
+        assert!(r.online(10_000, 3_000));
+        assert!(!r.online(11_000, 3_000), "a's beat is a TTL old");
+        let v = r.view("alice", 11_000, 3_000);
+        assert!(!v.online);
+        assert_eq!(v.last_seen_at.unwrap().timestamp_millis(), 8_000);
+    }
+}
