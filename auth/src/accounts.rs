@@ -77,6 +77,14 @@ fn invalid(message: &str) -> ApiError {
     ApiError::invalid(message)
 }
 
+/// Postgres text cannot hold NUL; a field with one is refused, not passed to the database.
+fn refuse_nul(fields: &[(&str, &str)]) -> Result<(), ApiError> {
+    match fields.iter().find(|(_, v)| v.contains('\0')) {
+        Some((name, _)) => Err(ApiError::invalid(format!("{name} must not contain NUL"))),
+        None => Ok(()),
+    }
+}
+
 fn valid_username(u: &str) -> bool {
     (3..=32).contains(&u.len())
         && u.bytes()
@@ -87,6 +95,10 @@ fn valid_username(u: &str) -> bool {
 pub async fn register(ctx: &AuthContext, req: RegisterRequest) -> Result<SignedIn, ApiError> {
     let username = req.username.trim();
     let email = req.email.trim();
+    refuse_nul(&[
+        ("email", email),
+        ("displayName", req.display_name.as_deref().unwrap_or("")),
+    ])?;
     if !valid_username(username) {
         return Err(invalid(
             "username must be 3 to 32 characters of A-Z, a-z, 0-9, '_', '-' or '.'",
@@ -127,6 +139,7 @@ pub async fn register(ctx: &AuthContext, req: RegisterRequest) -> Result<SignedI
 #[tracing::instrument(skip_all)]
 pub async fn login(ctx: &AuthContext, req: LoginRequest) -> Result<SignedIn, ApiError> {
     let login = req.username.trim();
+    refuse_nul(&[("username", login)])?;
     let addr = req.client_addr.as_deref();
     if !ctx.limiter.allowed(login, addr) {
         tracing::warn!("login refused: too many failed attempts");
@@ -237,6 +250,7 @@ async fn announce_revoked(ctx: &AuthContext, session: &sessions::Session) {
 
 pub async fn search(ctx: &AuthContext, req: UsersRequest) -> Result<UsersReply, ApiError> {
     let query = req.query.trim();
+    refuse_nul(&[("query", query)])?;
     if query.is_empty() || query.chars().count() > 64 {
         return Err(invalid("query must be 1 to 64 characters"));
     }

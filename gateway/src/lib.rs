@@ -9,6 +9,8 @@
 //! - [`auth`]: finding and verifying the token of an HTTP request or upgrade.
 //! - [`jwks`]: the auth role's public keys, fetched over NATS and refetched on an unknown `kid`.
 //! - [`http`]: the HTTP API (accounts, user search, JWKS).
+//! - [`rest`]: the conversation and message routes, the socket's commands over HTTP.
+//! - [`openapi`]: the OpenAPI 3.1 document of the HTTP API, from the routes' attributes.
 //! - [`protocol`]: client frames and the typed commands they carry, validated.
 //! - [`session`]: one authenticated user's commands, whatever the transport.
 //! - [`chat`]: the persistence service's client and the membership cache (dropped on a
@@ -30,8 +32,10 @@ pub mod fanout;
 pub mod http;
 pub mod jwks;
 pub mod limits;
+pub mod openapi;
 pub mod presence;
 pub mod protocol;
+pub mod rest;
 pub mod revocation;
 pub mod session;
 pub mod startup;

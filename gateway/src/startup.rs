@@ -24,7 +24,7 @@ use crate::presence::{self, Presence};
 use crate::state::{AppState, Shared};
 use crate::transport::{socketio, ws};
 use crate::typing::Typing;
-use crate::{http, revocation};
+use crate::{http, openapi, rest, revocation};
 
 /// Sends awaiting the broker's acknowledgement, across the gateway; past it, sends wait.
 const MAX_PENDING_PUBLISH_ACKS: usize = 10_000;
@@ -107,6 +107,8 @@ impl Application {
         Router::new()
             .route("/ws", get(ws::upgrade))
             .merge(http::routes())
+            .merge(rest::routes())
+            .merge(openapi::routes())
             .with_state(state)
             .layer(socketio)
     }

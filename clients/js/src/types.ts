@@ -40,6 +40,19 @@ export interface Conversation {
   createdAt: string;
 }
 
+/** A conversation as `conversation:list` gives it. */
+export interface ListedConversation extends Conversation {
+  lastMessage: Message | null;
+  /** Messages after your read position that others sent and nobody deleted. */
+  unreadCount: number;
+}
+
+export interface Presence {
+  userId: string;
+  online: boolean;
+  lastSeenAt: string | null;
+}
+
 export interface SyncPosition {
   conversationId: string;
   afterSeq: number;
@@ -63,13 +76,44 @@ export interface ClientEvents {
     data: { conversations: SyncPosition[]; limit?: number };
     reply: Reply<{ messages: Message[]; hasMore: boolean }>;
   };
+  "message:read": {
+    data: { conversationId: string; seq: number };
+    reply: Reply<Record<never, never>>;
+  };
+  typing: { data: { conversationId: string; isTyping: boolean }; reply: Reply<Record<never, never>> };
+  "conversation:list": {
+    data: { before?: string; limit?: number };
+    reply: Reply<{ conversations: ListedConversation[]; nextBefore: string | null }>;
+  };
+  "message:edit": {
+    data: { conversationId: string; seq: number; content: string };
+    reply: Reply<{ message: Message }>;
+  };
+  "message:delete": {
+    data: { conversationId: string; seq: number };
+    reply: Reply<Record<never, never>>;
+  };
+  "member:add": {
+    data: { conversationId: string; userId: string };
+    reply: Reply<{ conversation: Conversation }>;
+  };
+  "member:remove": {
+    data: { conversationId: string; userId: string };
+    reply: Reply<{ conversation: Conversation }>;
+  };
+  "presence:get": { data: { userIds: string[] }; reply: Reply<{ presence: Presence[] }> };
   "auth:refresh": { data: { token: string }; reply: Reply<{ exp: number }> };
 }
 
 /** Server → client events. */
 export interface ServerEvents {
   "message:new": (message: Message) => void;
+  "message:updated": (message: Message) => void;
+  "message:read": (data: { conversationId: string; userId: string; seq: number; readAt: string }) => void;
+  typing: (data: { conversationId: string; userId: string; isTyping: boolean }) => void;
+  presence: (presence: Presence) => void;
   "conversation:new": (conversation: Conversation) => void;
+  "conversation:updated": (conversation: Conversation) => void;
   error: (error: ApiError & { clientMsgId?: string }) => void;
   "token:expiring": (data: { exp: number }) => void;
   "server:draining": (data: { reconnectAfterMs: number }) => void;

@@ -274,6 +274,15 @@ async fn bad_account_requests_get_clear_errors() {
             json!({"username": "xavier", "email": "x@example.com", "password": "short"}),
             "password",
         ),
+        // Postgres text cannot hold NUL: refused up front, not a database error.
+        (
+            json!({"username": "xavier", "email": "x\u{0}@example.com", "password": "long enough pw"}),
+            "email",
+        ),
+        (
+            json!({"username": "xavier", "email": "x@example.com", "password": "long enough pw", "displayName": "X\u{0}"}),
+            "displayName",
+        ),
     ] {
         let r = reqwest::Client::new()
             .post(&url)
@@ -292,6 +301,20 @@ async fn bad_account_requests_get_clear_errors() {
     let r = reqwest::Client::new()
         .post(&url)
         .body("{nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/auth/login", gw.addr()))
+        .json(&json!({"username": "x\u{0}", "password": "whatever1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/api/users?query=a%00b", gw.addr()))
+        .bearer_auth(env.token("alice", 60))
         .send()
         .await
         .unwrap();

@@ -61,6 +61,6 @@ async fn the_real_socket_io_client_chats_across_gateways_and_with_ws_users() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{report}");
-    assert!(report.contains("# pass 8"), "{report}");
+    assert!(report.contains("# pass 9"), "{report}");
     assert!(report.contains("# fail 0"), "{report}");
 }
