@@ -334,6 +334,29 @@ async fn a_client_away_for_a_thousand_messages_gets_them_all_from_sync() {
     let want: Vec<String> = (0..1000).map(|i| format!("n{i}")).collect();
     assert_eq!(got, want);
     assert_eq!(after, 1001);
+
+    // History pages backwards to the very first message, each page in order.
+    let mut before: Option<i64> = None;
+    let mut pages: Vec<Vec<i64>> = Vec::new();
+    loop {
+        let mut data = json!({"conversationId": dm, "limit": 200});
+        if let Some(b) = before {
+            data["beforeSeq"] = json!(b);
+        }
+        let page = ok(&mut bob, "message:history", data).await;
+        let seqs: Vec<i64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_i64().unwrap())
+            .collect();
+        let Some(&first) = seqs.first() else { break };
+        before = Some(first);
+        pages.push(seqs);
+    }
+    assert_eq!(pages.len(), 6);
+    let all: Vec<i64> = pages.into_iter().rev().flatten().collect();
+    assert_eq!(all, (1..=1001).collect::<Vec<i64>>());
 }
 
 /// Edits and deletes by the sender reach everyone as `message:updated`; nobody else may.

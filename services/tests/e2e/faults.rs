@@ -108,10 +108,26 @@ async fn with_postgres_down_sends_are_accepted_then_stored_and_delivered_when_it
             .await;
         assert_eq!(ack["ok"], true, "accepted while Postgres is down: {ack}");
     }
+    // A read receipt waits in the stream too; an edit, which must answer with the stored
+    // message, says `unavailable` (retry) rather than pretend.
+    let read = bob
+        .request("message:read", json!({"conversationId": conv, "seq": 1}))
+        .await;
+    assert_eq!(read["ok"], true, "{read}");
+    let edit = alice
+        .request(
+            "message:edit",
+            json!({"conversationId": conv, "seq": 1, "content": "edited"}),
+        )
+        .await;
+    assert_eq!(edit["error"]["code"], "unavailable", "{edit}");
     // Postgres really was out of reach for persistence: nothing new is stored yet.
     assert_eq!(env.stored(&conv).await.len(), 1);
 
     proxy.restore();
+    let receipt = alice.wait_for(|f| f["type"] == "message:read").await;
+    assert_eq!(receipt["data"]["userId"], "bob");
+    assert_eq!(receipt["data"]["seq"], 1);
     let got = bob.messages(&conv, 20).await;
     assert_eq!(seq_set(&got), (2..=21).collect());
     let stored = env.stored(&conv).await;
