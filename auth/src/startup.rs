@@ -28,7 +28,7 @@ impl Application {
         let pool = db::connect(&config).await?;
         db::migrate(&pool).await?;
         let keys = AuthContext::load_keys(&pool, &config).await?;
-        let nats = nats::connect(&config.nats, "parley-auth")
+        let nats = nats::connect(&config.nats, "parley-auth", "auth")
             .await
             .map_err(Error::nats)?;
         let ctx = Arc::new(AuthContext {
@@ -68,6 +68,11 @@ impl Application {
             let token = token.clone();
             async move {
                 loop {
+                    parley_common::metrics::sample_pool(
+                        "auth",
+                        ctx.pool.size(),
+                        ctx.pool.num_idle(),
+                    );
                     tokio::select! {
                         () = token.cancelled() => break,
                         () = tokio::time::sleep(KEY_RELOAD) => {

@@ -1,5 +1,6 @@
-//! The admin port every role serves (DESIGN §7): `/healthz` (the process is alive) and
-//! `/readyz` (its dependencies answer and it is not draining), for Kubernetes probes.
+//! The admin port every role serves (DESIGN §7): `/healthz` (the process is alive), `/readyz`
+//! (its dependencies answer and it is not draining), for Kubernetes probes, and `/metrics`
+//! (Prometheus).
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -103,7 +104,18 @@ pub fn router(readiness: Readiness) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(readiness)
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::encode(),
+    )
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {

@@ -20,10 +20,12 @@
 pub mod admin;
 pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod nats;
 pub mod rpc;
 pub mod service;
 pub mod shutdown;
 pub mod subjects;
 pub mod telemetry;
+pub mod trace;
 pub mod wire;

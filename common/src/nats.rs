@@ -18,9 +18,33 @@ pub const DLQ_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// Connects, failing fast when the server does not answer at start; once connected the client
 /// reconnects for ever, and callers see `unavailable` meanwhile.
-pub async fn connect(cfg: &NatsConfig, name: &str) -> Result<async_nats::Client, SetupError> {
+/// `role` labels the reconnect counter.
+pub async fn connect(
+    cfg: &NatsConfig,
+    name: &str,
+    role: &'static str,
+) -> Result<async_nats::Client, SetupError> {
+    let reconnects = crate::metrics::nats_reconnects(role);
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     async_nats::ConnectOptions::new()
         .name(name)
+        .event_callback(move |event| {
+            let (reconnects, lost) = (reconnects.clone(), lost.clone());
+            async move {
+                use std::sync::atomic::Ordering;
+                match event {
+                    async_nats::Event::Disconnected => {
+                        lost.store(true, Ordering::Relaxed);
+                        tracing::warn!("NATS connection lost, reconnecting");
+                    }
+                    async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
+                        reconnects.inc();
+                        tracing::info!("NATS connection re-established");
+                    }
+                    _ => {}
+                }
+            }
+        })
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(5)))
         .max_reconnects(None)

@@ -14,6 +14,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::nats::SetupError;
 use crate::rpc::{self, bad_request};
@@ -24,7 +25,7 @@ pub struct NatsService<Op> {
     nats: async_nats::Client,
     service: async_nats::service::Service,
     group: String,
-    endpoints: SelectAll<BoxStream<'static, (Op, Request)>>,
+    endpoints: SelectAll<BoxStream<'static, (Op, &'static str, Request)>>,
 }
 
 impl<Op: Copy + Send + 'static> NatsService<Op> {
@@ -46,9 +47,10 @@ impl<Op: Copy + Send + 'static> NatsService<Op> {
             .map_err(err)?;
         let service_group = service.group(group.clone());
         let mut endpoints = SelectAll::new();
-        for (op, endpoint) in ops {
-            let endpoint = service_group.endpoint(endpoint).await.map_err(err)?;
-            endpoints.push(endpoint.map(move |req| (op, req)).boxed());
+        for (op, endpoint_name) in ops {
+            let endpoint = service_group.endpoint(endpoint_name).await.map_err(err)?;
+            let name = endpoint_name;
+            endpoints.push(endpoint.map(move |req| (op, name, req)).boxed());
         }
         crate::nats::round_trip(nats).await?;
         Ok(Self {
@@ -76,14 +78,17 @@ impl<Op: Copy + Send + 'static> NatsService<Op> {
         let tracker = TaskTracker::new();
         tracing::info!(%group, "service listening");
         loop {
-            let (op, request) = tokio::select! {
+            let (op, name, request) = tokio::select! {
                 () = shutdown.cancelled() => break,
                 next = endpoints.next() => match next { Some(x) => x, None => break },
             };
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let reply = handler(op, request.message.payload.clone());
+            // Each request continues the caller's trace.
+            let span = tracing::info_span!("rpc", op = name);
+            crate::trace::continue_from(&span, request.message.headers.as_ref());
+            let reply = handler(op, request.message.payload.clone()).instrument(span);
             tracker.spawn(async move {
                 if let Err(e) = request.respond(Ok(reply.await)).await {
                     tracing::warn!(error = %e, "cannot send a reply");

@@ -10,6 +10,14 @@ use uuid::Uuid;
 
 use crate::domain::{ClientMsgId, UserId};
 
+/// Headers on a `message:new` delivery event, for the delivering gateway's latency figures.
+pub mod headers {
+    /// When the gateway accepted the send: Unix microseconds.
+    pub const ACCEPTED_AT: &str = "Parley-Accepted-At";
+    /// When persistence committed it: Unix microseconds.
+    pub const STORED_AT: &str = "Parley-Stored-At";
+}
+
 /// The stable error codes a client may see (DESIGN §6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -41,7 +41,11 @@ impl ChatClient {
         let payload = serde_json::to_vec(req).expect("requests always serialise");
         let reply = self
             .nats
-            .request(self.subjects.rpc_chat(op), payload.into())
+            .request_with_headers(
+                self.subjects.rpc_chat(op),
+                parley_common::trace::headers(),
+                payload.into(),
+            )
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, op = op.as_str(), "chat service did not answer");

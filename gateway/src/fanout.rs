@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
 use crate::limits::TokenBucket;
+use crate::metrics::{ConnectionGuard, GatewayMetrics, Transport};
 use crate::presence::Tracker;
 
 /// How long setting up a user's subscription may take before the connection is refused.
@@ -35,6 +36,7 @@ pub struct Fanout {
     next_id: AtomicU64,
     /// Told, under the `users` lock so in order, when a user comes and goes here.
     presence: Tracker,
+    metrics: Arc<GatewayMetrics>,
 }
 
 struct UserEntry {
@@ -68,6 +70,7 @@ pub struct Attachment {
     pub revoked: CancellationToken,
     entry: Arc<UserEntry>,
     detach: Option<(Arc<Fanout>, UserId, u64)>,
+    _counted: ConnectionGuard,
 }
 
 impl Attachment {
@@ -116,6 +119,7 @@ impl Fanout {
         subjects: Subjects,
         limits: Limits,
         presence: Tracker,
+        metrics: Arc<GatewayMetrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             nats,
@@ -124,20 +128,18 @@ impl Fanout {
             users: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             presence,
+            metrics,
         })
     }
 
-    /// Attaches a socket of `user`. Returns once the user's subscription is registered at the
-    /// NATS server, so no event published after this returns is missed.
-    pub async fn attach(self: &Arc<Self>, user: &UserId) -> Result<Attachment, AttachError> {
-        self.attach_session(user, None).await
-    }
-
-    /// [`Fanout::attach`] for a socket that authenticated with Parley session `session`.
+    /// Attaches a socket of `user` on `transport`, which authenticated with Parley session
+    /// `session` (if any). Returns once the user's subscription is registered at the NATS
+    /// server, so no event published after this returns is missed.
     pub async fn attach_session(
         self: &Arc<Self>,
         user: &UserId,
         session: Option<String>,
+        transport: Transport,
     ) -> Result<Attachment, AttachError> {
         let (tx, rx) = mpsc::channel(self.limits.outbound_queue);
         let slow = CancellationToken::new();
@@ -185,6 +187,7 @@ impl Fanout {
             revoked,
             entry: entry.clone(),
             detach: Some((self.clone(), user.clone(), id)),
+            _counted: self.metrics.connected(transport),
         };
         if first {
             // A task of its own, so the outcome is recorded even if this caller goes away
@@ -217,17 +220,11 @@ impl Fanout {
             return false;
         }
         let weak = Arc::downgrade(entry);
+        let metrics = self.metrics.clone();
         let forwarder = tokio::spawn(async move {
             while let Some(msg) = subscription.next().await {
                 let Some(entry) = weak.upgrade() else { break };
-                let sockets = entry.sockets.read().expect("sockets lock");
-                for sink in sockets.iter() {
-                    if let Err(mpsc::error::TrySendError::Full(_)) =
-                        sink.tx.try_send(msg.payload.clone())
-                    {
-                        sink.slow.cancel();
-                    }
-                }
+                forward(&entry, &msg, &metrics);
             }
         });
         *entry.forwarder.lock().expect("forwarder lock") = Some(forwarder);
@@ -278,5 +275,51 @@ impl Fanout {
     /// Users with at least one socket here.
     pub fn connected_users(&self) -> usize {
         self.users.lock().expect("fanout lock").len()
+    }
+}
+
+/// Hands one delivery event to every socket of the user here. A traced event continues its
+/// trace in a `deliver` span; a `message:new` counts as delivered once per socket, with its
+/// latency since the send was accepted.
+fn forward(entry: &UserEntry, msg: &async_nats::Message, metrics: &GatewayMetrics) {
+    let headers = msg.headers.as_ref();
+    let span = headers.filter(|h| h.get("traceparent").is_some()).map(|h| {
+        let span = tracing::info_span!("deliver", sockets = tracing::field::Empty);
+        parley_common::trace::continue_from(&span, Some(h));
+        span
+    });
+    let _in_span = span.as_ref().map(tracing::Span::enter);
+    let sockets = entry.sockets.read().expect("sockets lock");
+    let mut handed = 0u64;
+    for sink in sockets.iter() {
+        match sink.tx.try_send(msg.payload.clone()) {
+            Ok(()) => handed += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => sink.slow.cancel(),
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
+    }
+    if let Some(span) = &span {
+        span.record("sockets", handed);
+    }
+    let micros = |name| {
+        headers?
+            .get(name)?
+            .as_str()
+            .parse::<i64>()
+            .ok()
+            .and_then(chrono::DateTime::from_timestamp_micros)
+    };
+    if let Some(accepted) = micros(parley_common::wire::headers::ACCEPTED_AT) {
+        let now = chrono::Utc::now();
+        let since = |t: chrono::DateTime<chrono::Utc>| (now - t).to_std().unwrap_or_default();
+        metrics.delivered.inc_by(handed);
+        for _ in 0..handed {
+            metrics
+                .delivery_latency
+                .observe(since(accepted).as_secs_f64());
+        }
+        if let Some(stored) = micros(parley_common::wire::headers::STORED_AT) {
+            metrics.deliver_latency.observe(since(stored).as_secs_f64());
+        }
     }
 }

@@ -19,6 +19,7 @@
 //! - [`presence`]: online/offline/last seen across gateways, in a NATS key-value bucket.
 //! - [`revocation`]: closing the sockets of a session that was signed out.
 //! - [`fanout`]: one NATS subscription per connected user, shared by that user's sockets.
+//! - [`metrics`]: the gateway's Prometheus metrics.
 //! - [`limits`]: the token bucket behind the per-user rate limit.
 //! - [`transport::ws`]: the plain WebSocket transport at `/ws`;
 //!   [`transport::socketio`]: Socket.IO v4 at `/socket.io/`.
@@ -32,6 +33,7 @@ pub mod fanout;
 pub mod http;
 pub mod jwks;
 pub mod limits;
+pub mod metrics;
 pub mod openapi;
 pub mod presence;
 pub mod protocol;

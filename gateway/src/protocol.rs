@@ -14,6 +14,8 @@ use uuid::Uuid;
 
 /// The largest request id echoed back, in bytes of JSON.
 const MAX_ID_BYTES: usize = 100;
+/// A W3C `traceparent` is 55 bytes; longer ones are not one.
+const MAX_TRACEPARENT_BYTES: usize = 64;
 
 /// One `/ws` text frame: `{"type": EVENT, "id": REQ_ID?, "data": {...}}`.
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub struct Frame {
     /// The request id as the client wrote it (a JSON string or number), echoed in the ack.
     pub id: Option<Box<RawValue>>,
     pub data: Option<Box<RawValue>>,
+    /// A W3C `traceparent` the client sent, so the server's spans join the client's trace.
+    pub traceparent: Option<String>,
 }
 
 impl Frame {
@@ -35,6 +39,8 @@ impl Frame {
             id: Option<Box<RawValue>>,
             #[serde(default)]
             data: Option<Box<RawValue>>,
+            #[serde(default)]
+            traceparent: Option<serde_json::Value>,
         }
         let raw: Raw = serde_json::from_str(text)
             .map_err(|e| ApiError::invalid(format!("malformed frame: {e}")))?;
@@ -52,6 +58,11 @@ impl Frame {
             event: raw.event,
             id: raw.id.filter(|id| id.get() != "null"),
             data: raw.data,
+            // Anything but a plausible string is ignored: tracing is never a reason to refuse.
+            traceparent: raw
+                .traceparent
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .filter(|t| t.len() <= MAX_TRACEPARENT_BYTES),
         })
     }
 }
@@ -191,6 +202,25 @@ pub struct Rejected {
 }
 
 impl Command {
+    /// The event name, for spans and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Send(_) => "message:send",
+            Command::Open(_) => "conversation:open",
+            Command::History(_) => "message:history",
+            Command::Sync(_) => "sync",
+            Command::Read(_) => "message:read",
+            Command::Typing(_) => "typing",
+            Command::List(_) => "conversation:list",
+            Command::Edit(_) => "message:edit",
+            Command::Delete(_) => "message:delete",
+            Command::MemberAdd(_) => "member:add",
+            Command::MemberRemove(_) => "member:remove",
+            Command::PresenceGet(_) => "presence:get",
+            Command::AuthRefresh { .. } => "auth:refresh",
+        }
+    }
+
     /// Reads the `data` of `event`. `max_content_chars` is the configured content limit.
     pub fn parse(
         event: &str,

@@ -68,10 +68,24 @@ impl Session {
     /// in the returned future.
     pub async fn dispatch(&self, command: Command) -> Dispatch {
         match command {
-            Command::Send(data) => match self.publish(data).await {
-                Ok(later) => Dispatch::Later(later),
-                Err(e) => Dispatch::Now(Err(e)),
-            },
+            Command::Send(data) => {
+                let started = std::time::Instant::now();
+                let metrics = self.state.metrics.clone();
+                match self.publish(data).await {
+                    Ok(later) => Dispatch::Later(Box::pin(async move {
+                        let answer = later.await;
+                        match &answer {
+                            Ok(_) => metrics.published(started.elapsed()),
+                            Err(e) => metrics.rejected(e.code),
+                        }
+                        answer
+                    })),
+                    Err(e) => {
+                        metrics.rejected(e.code);
+                        Dispatch::Now(Err(e))
+                    }
+                }
+            }
             Command::Open(data) => {
                 let req = OpenRequest {
                     user_id: self.user.clone(),
@@ -239,6 +253,7 @@ impl Session {
                 self.state.subjects.in_read(data.conversation_id),
                 PublishMessage::build()
                     .payload(payload)
+                    .headers(parley_common::trace::headers())
                     .message_id(command.dedupe_id()),
             )
             .await
@@ -298,8 +313,10 @@ impl Session {
             .js
             .send_publish(
                 self.state.subjects.in_msg(conversation_id),
+                // Headers before the message id, which is a header too.
                 PublishMessage::build()
                     .payload(payload)
+                    .headers(parley_common::trace::headers())
                     .message_id(command.dedupe_id()),
             )
             .await

@@ -20,6 +20,7 @@ use crate::config::GatewayConfig;
 use crate::error::{Error, Result};
 use crate::fanout::Fanout;
 use crate::jwks::JwksCache;
+use crate::metrics::GatewayMetrics;
 use crate::presence::{self, Presence};
 use crate::state::{AppState, Shared};
 use crate::transport::{socketio, ws};
@@ -41,7 +42,8 @@ pub struct Application {
 impl Application {
     /// Connects to NATS, declares the streams and binds the HTTP port.
     pub async fn build(config: GatewayConfig) -> Result<Self> {
-        let client = nats::connect(&config.nats, "parley-gateway")
+        let metrics = GatewayMetrics::get();
+        let client = nats::connect(&config.nats, "parley-gateway", "gateway")
             .await
             .map_err(|e| Error::Nats(e.to_string()))?;
         let js = jetstream::ContextBuilder::new()
@@ -67,6 +69,7 @@ impl Application {
                 subjects.clone(),
                 config.limits.clone(),
                 tracker,
+                metrics.clone(),
             ),
             presence,
             typing: Typing::new(client.clone(), subjects.clone()),
@@ -75,6 +78,7 @@ impl Application {
             subjects,
             js,
             limits: config.limits,
+            metrics,
             draining: CancellationToken::new(),
             sockets: TaskTracker::new(),
         });

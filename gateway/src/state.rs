@@ -12,6 +12,7 @@ use crate::chat::ChatClient;
 use crate::config::Limits;
 use crate::fanout::Fanout;
 use crate::jwks::JwksCache;
+use crate::metrics::GatewayMetrics;
 use crate::presence::Presence;
 use crate::typing::Typing;
 
@@ -27,6 +28,7 @@ pub struct Shared {
     pub presence: Arc<Presence>,
     pub typing: Arc<Typing>,
     pub limits: Limits,
+    pub metrics: Arc<GatewayMetrics>,
     /// Cancelled when the gateway drains: every socket says goodbye and closes.
     pub draining: CancellationToken,
     /// Every socket task, so shutdown can wait for them.

@@ -107,7 +107,11 @@ async fn announce(ctx: &ChatContext, users: &[String], event: Bytes) {
     for user in users {
         if let Err(e) = ctx
             .nats
-            .publish(ctx.subjects.out_user(user), event.clone())
+            .publish_with_headers(
+                ctx.subjects.out_user(user),
+                parley_common::trace::headers(),
+                event.clone(),
+            )
             .await
         {
             tracing::warn!(error = %e, "cannot publish a delivery event");

@@ -13,12 +13,14 @@
 //! until it is written: one pull at a time, of at most one batch.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
 use bytes::Bytes;
 use chrono::DateTime;
 use futures::{FutureExt, StreamExt};
+use opentelemetry::trace::TraceContextExt;
 use parley_common::domain::Content;
 use parley_common::subjects::Subjects;
 use parley_common::wire::{
@@ -27,11 +29,14 @@ use parley_common::wire::{
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::chat::{HARD_MAX_CONTENT_CHARS, now_micros};
 use crate::config::PersistenceConfig;
 use crate::error::{Error, Result};
+use crate::metrics::PersistenceMetrics;
 use crate::store::{conversations, messages};
 
 /// Header on a dead-lettered command naming why it can never succeed.
@@ -78,6 +83,7 @@ pub async fn run(
         pool,
         subjects: config.nats.prefix.clone(),
         shutdown: shutdown.clone(),
+        metrics: PersistenceMetrics::get(),
     };
     tracing::info!(consumer = %writer.subjects.consumer_persist(), "persistence consumer started");
 
@@ -171,6 +177,7 @@ struct Writer {
     pool: PgPool,
     subjects: Subjects,
     shutdown: CancellationToken,
+    metrics: Arc<PersistenceMetrics>,
 }
 
 /// A command read from the stream and checked.
@@ -217,15 +224,30 @@ impl Writer {
     /// left for redelivery (only when shutting down during an outage). While the database is
     /// down, whatever else the pull delivers (`more`) joins the held batch, so it too is kept
     /// alive with progress acks and is written in order once the database returns.
+    ///
+    /// The batch has a span of its own, linked to the trace of each message in it.
     async fn handle(&self, batch: Vec<jetstream::Message>, more: &mut MoreMessages<'_>) {
+        let span = tracing::info_span!("persist.batch", commands = batch.len());
+        for msg in &batch {
+            parley_common::trace::link(&span, msg.headers.as_ref());
+        }
+        self.handle_in_span(batch, more).instrument(span).await;
+    }
+
+    async fn handle_in_span(&self, batch: Vec<jetstream::Message>, more: &mut MoreMessages<'_>) {
         let mut parsed = self.parse_all(batch).await;
         if parsed.is_empty() {
             return;
         }
         let mut backoff = Backoff::default();
         loop {
-            match self.write(&parsed).await {
+            let written = self
+                .write(&parsed)
+                .instrument(tracing::info_span!("db.write", commands = parsed.len()))
+                .await;
+            match written {
                 Ok(outcomes) => {
+                    self.metrics.batch_size.observe(parsed.len() as f64);
                     self.finish(&parsed, outcomes).await;
                     return;
                 }
@@ -277,6 +299,9 @@ impl Writer {
     async fn parse_all(&self, batch: Vec<jetstream::Message>) -> Vec<Parsed> {
         let mut parsed = Vec::with_capacity(batch.len());
         for msg in batch {
+            if msg.info().is_ok_and(|i| i.delivered > 1) {
+                self.metrics.redeliveries.inc();
+            }
             match self.parse(&msg) {
                 Ok(cmd) => parsed.push(Parsed { msg, cmd }),
                 Err((reason, cmd)) => {
@@ -443,7 +468,9 @@ impl Writer {
             inserts.push(message);
         }
 
-        messages::insert_batch(&mut tx, &inserts).await?;
+        messages::insert_batch(&mut tx, &inserts)
+            .instrument(tracing::info_span!("db.insert", rows = inserts.len()))
+            .await?;
         if !advanced.is_empty() {
             let (ids, seqs): (Vec<Uuid>, Vec<i64>) = advanced.into_iter().unzip();
             let at = vec![now; ids.len()];
@@ -453,6 +480,18 @@ impl Writer {
             outcomes[slot] = apply_read(&mut tx, &locked, read).await?;
         }
         tx.commit().await?;
+        self.metrics.persisted.inc_by(inserts.len() as u64);
+        for p in batch {
+            if let Command::Send(cmd) = &p.cmd
+                && inserts.iter().any(|m| {
+                    m.sender_id == cmd.sender_id.as_str()
+                        && m.client_msg_id == cmd.client_msg_id.as_str()
+                })
+            {
+                let took = (now - cmd.accepted_at).to_std().unwrap_or_default();
+                self.metrics.persist_latency.observe(took.as_secs_f64());
+            }
+        }
         tracing::debug!(
             stored = inserts.len(),
             batch = batch.len(),
@@ -471,10 +510,15 @@ impl Writer {
                     message,
                     participants,
                 } => {
+                    let headers = delivery_headers(p, &message);
                     let event: Bytes = ServerEvent::MessageNew(message).to_json();
                     for user in &participants {
                         if let Err(e) = nats
-                            .publish(self.subjects.out_user(user), event.clone())
+                            .publish_with_headers(
+                                self.subjects.out_user(user),
+                                headers.clone(),
+                                event.clone(),
+                            )
                             .await
                         {
                             tracing::warn!(error = %e, "cannot publish a delivery event");
@@ -485,10 +529,18 @@ impl Writer {
                     event,
                     participants,
                 } => {
+                    let span = tracing::info_span!("persist.read");
+                    parley_common::trace::continue_from(&span, p.msg.headers.as_ref());
+                    let mut headers = async_nats::HeaderMap::new();
+                    parley_common::trace::inject(&span, &mut headers);
                     let event = ServerEvent::MessageRead(event).to_json();
                     for user in &participants {
                         if let Err(e) = nats
-                            .publish(self.subjects.out_user(user), event.clone())
+                            .publish_with_headers(
+                                self.subjects.out_user(user),
+                                headers.clone(),
+                                event.clone(),
+                            )
                             .await
                         {
                             tracing::warn!(error = %e, "cannot publish a read receipt");
@@ -541,6 +593,7 @@ impl Writer {
         };
         match published.await {
             Ok(_) => {
+                self.metrics.dead_lettered.inc();
                 if let Err(e) = msg.ack_with(AckKind::Term).await {
                     tracing::warn!(error = %e, "cannot terminate a dead-lettered command");
                 }
@@ -553,6 +606,29 @@ impl Writer {
             }
         }
     }
+}
+
+/// The headers of a `message:new` delivery: the message's own trace continued in a
+/// `persist.message` span (linked to the batch that wrote it), and the times for the delivering
+/// gateway's latency figures.
+fn delivery_headers(p: &Parsed, message: &Message) -> async_nats::HeaderMap {
+    let span = tracing::info_span!("persist.message", seq = message.seq);
+    parley_common::trace::continue_from(&span, p.msg.headers.as_ref());
+    let batch = tracing::Span::current().context();
+    span.add_link(batch.span().span_context().clone());
+    let mut headers = async_nats::HeaderMap::new();
+    parley_common::trace::inject(&span, &mut headers);
+    if let Command::Send(cmd) = &p.cmd {
+        headers.insert(
+            parley_common::wire::headers::ACCEPTED_AT,
+            cmd.accepted_at.timestamp_micros().to_string().as_str(),
+        );
+    }
+    headers.insert(
+        parley_common::wire::headers::STORED_AT,
+        message.created_at.timestamp_micros().to_string().as_str(),
+    );
+    headers
 }
 
 /// Moves a reader's position forward (never back, never past the last message) and, in a

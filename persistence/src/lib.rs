@@ -10,6 +10,7 @@
 //! - [`error`]: the error type and how a database error is classified (transient or not).
 //! - [`db`]: the connection pool and migrations (`persistence/migrations/`).
 //! - [`store`]: all SQL, one module per aggregate.
+//! - [`metrics`]: the role's Prometheus metrics.
 //! - [`consumer`]: the batch consumer of `PARLEY_IN`.
 //! - [`chat`]: the queries behind the service, as plain functions.
 //! - [`service`]: the NATS request/reply endpoints that call [`chat`].
@@ -20,6 +21,7 @@ pub mod config;
 pub mod consumer;
 pub mod db;
 pub mod error;
+pub mod metrics;
 pub mod service;
 pub mod startup;
 pub mod store;

@@ -32,7 +32,7 @@ impl Application {
     pub async fn build(config: PersistenceConfig) -> Result<Self> {
         let pool = db::connect(&config).await?;
         db::migrate(&pool).await?;
-        let nats = nats::connect(&config.nats, "parley-persistence")
+        let nats = nats::connect(&config.nats, "parley-persistence", "persistence")
             .await
             .map_err(Error::nats)?;
         let js = jetstream::new(nats.clone());
@@ -90,6 +90,7 @@ impl Application {
             service,
         } = self;
         let token = CancellationToken::new();
+        let sampler = sample(consumer.clone(), pool.clone(), token.clone());
         // Whichever part ends first (shutdown, or a part failing) stops the others.
         let consumer = async {
             let r = consumer::run(&config, consumer, js, pool, token.clone()).await;
@@ -107,10 +108,36 @@ impl Application {
                 () = token.cancelled() => {}
             }
         };
-        let ((), consumed, served) = tokio::join!(stop, consumer, service);
+        let ((), (), consumed, served) = tokio::join!(stop, sampler, consumer, service);
         if let Err(e) = nats.flush().await {
             tracing::warn!(error = %e, "cannot flush NATS at shutdown");
         }
         consumed.and(served)
+    }
+}
+
+/// How often the consumer's backlog and the pool's use are sampled for `/metrics`.
+const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Samples the consumer's backlog and the pool's use until `stop`.
+async fn sample(consumer: PullConsumer, pool: PgPool, stop: CancellationToken) {
+    let metrics = crate::metrics::PersistenceMetrics::get();
+    loop {
+        parley_common::metrics::sample_pool("persistence", pool.size(), pool.num_idle());
+        match consumer.get_info().await {
+            Ok(info) => {
+                metrics
+                    .pending
+                    .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                metrics
+                    .ack_pending
+                    .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot read the consumer's state"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(SAMPLE_EVERY) => {}
+        }
     }
 }

@@ -54,21 +54,39 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
-        let _telemetry = telemetry::init(&telemetry_config);
+    let (code, telemetry) = runtime.block_on(async {
+        let telemetry = telemetry::init(&telemetry_config, cli.role.service_name());
         let config = match roles::Config::from_env(cli.role, &env) {
             Ok(c) => c,
-            Err(e) => return config_error(&e),
+            Err(e) => return (config_error(&e), telemetry),
         };
-        match roles::run(config, parley_common::shutdown::signal()).await {
+        let code = match roles::run(config, parley_common::shutdown::signal()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "parley stopped with an error");
                 eprintln!("parley: {e:#}");
                 ExitCode::FAILURE
             }
+        };
+        (code, telemetry)
+    });
+    // Flushes the spans still buffered, outside `block_on` but with the runtime still up (the
+    // gRPC exporter runs on it).
+    drop(telemetry);
+    code
+}
+
+impl Role {
+    /// The default `service.name` of the role's traces (`OTEL_SERVICE_NAME` overrides it).
+    fn service_name(self) -> &'static str {
+        match self {
+            Role::Gateway => "parley-gateway",
+            Role::Persistence => "parley-persistence",
+            Role::Auth => "parley-auth",
+            Role::All => "parley",
+            Role::Migrate | Role::RotateKey => "parley-admin",
         }
-    })
+    }
 }
 
 fn config_error(e: &ConfigError) -> ExitCode {

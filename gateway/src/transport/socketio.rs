@@ -23,6 +23,7 @@ use socketioxide::socket::{DisconnectReason, Socket};
 use tokio::sync::{Mutex, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::auth::authenticate;
 use crate::fanout::{AttachError, Attachment, UserLimiter};
@@ -101,7 +102,11 @@ async fn authenticate_connect(
     };
     let attachment = match state
         .fanout
-        .attach_session(&verified.user_id, verified.session_id.clone())
+        .attach_session(
+            &verified.user_id,
+            verified.session_id.clone(),
+            crate::metrics::Transport::SocketIo,
+        )
         .await
     {
         Ok(a) => a,
@@ -310,14 +315,23 @@ async fn on_message(
         );
         return;
     }
-    let raw = data
-        .ok()
-        .and_then(|v| serde_json::value::to_raw_value(&v).ok());
+    // A `traceparent` in the data joins the client's trace; it is not part of the command.
+    let mut data = data.ok();
+    let traceparent = data
+        .as_mut()
+        .and_then(Value::as_object_mut)
+        .and_then(|o| o.remove("traceparent"))
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|t| t.len() <= 64);
+    let raw = data.and_then(|v| serde_json::value::to_raw_value(&v).ok());
     let limits = &conn.session.state.limits;
     let command = match Command::parse(&event, raw.as_deref(), limits.max_content_chars) {
         Ok(c) => c,
         Err(rejected) => {
             drop(turn);
+            if event == "message:send" {
+                conn.session.state.metrics.rejected(rejected.error.code);
+            }
             answer(Err(rejected.error), rejected.client_msg_id);
             return;
         }
@@ -338,11 +352,17 @@ async fn on_message(
         Command::Send(d) => Some(d.client_msg_id.as_str().to_owned()),
         _ => None,
     };
-    let dispatched = conn.session.dispatch(command).await;
+    let span = tracing::info_span!("command", event = command.name());
+    parley_common::trace::continue_from_client(&span, traceparent.as_deref());
+    let dispatched = conn
+        .session
+        .dispatch(command)
+        .instrument(span.clone())
+        .await;
     drop(turn);
     let result = match dispatched {
         Dispatch::Now(a) => a,
-        Dispatch::Later(fut) => fut.await,
+        Dispatch::Later(fut) => fut.instrument(span).await,
     };
     answer(result, client_msg_id);
 }

@@ -22,6 +22,7 @@ use parley_common::wire::{ApiError, ErrorCode, ErrorEvent, ServerEvent};
 use serde_json::value::RawValue;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::auth::AuthUser;
 use crate::fanout::{AttachError, Attachment};
@@ -69,7 +70,11 @@ pub async fn upgrade(
     }
     let attachment = match state
         .fanout
-        .attach_session(&verified.user_id, verified.session_id.clone())
+        .attach_session(
+            &verified.user_id,
+            verified.session_id.clone(),
+            crate::metrics::Transport::Ws,
+        )
         .await
     {
         Ok(a) => a,
@@ -277,6 +282,9 @@ async fn handle_frame(
     ) {
         Ok(c) => c,
         Err(rejected) => {
+            if frame.event == "message:send" {
+                session.state.metrics.rejected(rejected.error.code);
+            }
             let reply = answer_frame(
                 frame.id.as_deref(),
                 Err(rejected.error),
@@ -301,7 +309,10 @@ async fn handle_frame(
         Command::Send(s) => Some(s.client_msg_id.as_str().to_owned()),
         _ => None,
     };
-    match session.dispatch(command).await {
+    // The command's span joins the client's trace when the frame carried a traceparent.
+    let span = tracing::info_span!("command", event = command.name());
+    parley_common::trace::continue_from_client(&span, frame.traceparent.as_deref());
+    match session.dispatch(command).instrument(span.clone()).await {
         Dispatch::Now(answer) => {
             queue(replies, answer_frame(id.as_deref(), answer, client_msg_id)).into()
         }
@@ -318,7 +329,7 @@ async fn handle_frame(
             let replies = replies.clone();
             let slow = attachment.slow.clone();
             tokio::spawn(async move {
-                let answer = fut.await;
+                let answer = fut.instrument(span).await;
                 if queue(&replies, answer_frame(id.as_deref(), answer, client_msg_id)).is_some() {
                     slow.cancel();
                 }

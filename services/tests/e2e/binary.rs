@@ -3,27 +3,9 @@
 use std::process::Stdio;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::helpers::{PATIENCE, SECRET, TestEnv, WsClient, eventually};
-
-fn parley() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_parley"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("LOG_FORMAT", "json")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    cmd
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::helpers::{PATIENCE, SECRET, TestEnv, WsClient, eventually, free_port, parley};
 
 #[tokio::test]
 async fn a_missing_or_malformed_setting_stops_the_binary_with_64_naming_it() {
@@ -64,15 +46,8 @@ async fn an_unreachable_database_fails_the_start_with_a_clear_message() {
 }
 
 async fn spawn_all(env: &TestEnv, port: u16, admin: u16) -> Child {
-    let mut cmd = parley();
-    cmd.arg("all")
-        .env("DATABASE_URL", &env.database_url)
-        .env("NATS_URL", &env.nats_url)
-        .env("PARLEY_NATS_PREFIX", &env.prefix)
-        .env("AUTH_SECRET", SECRET)
-        .env("HOST", "127.0.0.1")
-        .env("PORT", port.to_string())
-        .env("ADMIN_PORT", admin.to_string())
+    let mut cmd = env.parley_role("all", port, admin);
+    cmd.env("RUST_LOG", "info,parley_persistence=debug")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.spawn().expect("start parley all")
@@ -149,6 +124,7 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
 
     // Logs are JSON and never carry the token or the message text.
     let mut logs = String::new();
+    let mut logs_lines = Vec::new();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     while let Some(line) = lines.next_line().await.unwrap() {
         assert!(
@@ -156,8 +132,20 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
             "not JSON: {line}"
         );
         logs.push_str(&line);
+        logs_lines.push(line);
     }
     assert!(logs.contains("gateway listening"), "{logs}");
+    // A line written inside a span carries its trace id.
+    let traced = logs_lines
+        .iter()
+        .find(|l| l.contains("batch committed"))
+        .unwrap_or_else(|| panic!("no batch log in {logs}"));
+    let line: serde_json::Value = serde_json::from_str(traced).unwrap();
+    let trace_id = line["trace_id"].as_str().unwrap_or_default();
+    assert!(
+        trace_id.len() == 32 && trace_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{traced}"
+    );
     assert!(
         logs.contains("refused a token") && logs.contains("signature does not verify"),
         "the refusal's reason is logged: {logs}"

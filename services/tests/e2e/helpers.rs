@@ -470,6 +470,40 @@ impl WsClient {
         self.closed.clone().unwrap_or((0, String::new()))
     }
 
+    /// Sends a frame; false when the connection is gone.
+    pub async fn try_send_frame(&mut self, frame: &Value) -> bool {
+        self.ws.send(Ws::text(frame.to_string())).await.is_ok()
+    }
+
+    /// The frames that arrive within `wait` of each other (none: returns after `wait`), and
+    /// whether the socket closed.
+    pub async fn poll_frames(&mut self, wait: Duration) -> (Vec<Value>, bool) {
+        let mut frames: Vec<Value> = self.buffered.drain(..).collect();
+        loop {
+            match tokio::time::timeout(wait, self.ws.next()).await {
+                Err(_) => return (frames, false),
+                Ok(Some(Ok(Ws::Text(t)))) => {
+                    frames.push(serde_json::from_str(&t).expect("server frames are JSON"));
+                }
+                Ok(Some(Ok(Ws::Close(frame)))) => {
+                    self.closed = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                    return (frames, true);
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(_)) | None) => return (frames, true),
+            }
+        }
+    }
+
+    /// Every frame buffered or still to come, until the server closes the socket.
+    pub async fn received_until_closed(&mut self) -> Vec<Value> {
+        let mut frames: Vec<Value> = self.buffered.drain(..).collect();
+        while let Some(f) = self.read().await {
+            frames.push(f);
+        }
+        frames
+    }
+
     /// How many `event` frames are buffered, unread.
     pub fn buffered_count(&self, event: &str) -> usize {
         self.buffered.iter().filter(|f| f["type"] == event).count()
@@ -592,4 +626,41 @@ where
     })
     .await
     .expect("the condition came true in time")
+}
+
+/// The `parley` binary with a clean environment: `PATH` and JSON logs only.
+pub fn parley() -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_parley"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("LOG_FORMAT", "json")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// A TCP port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestEnv {
+    /// The binary as `role` in this test's world: its database, subject prefix and secret, on
+    /// `port` (HTTP) and `admin`.
+    pub fn parley_role(&self, role: &str, port: u16, admin: u16) -> tokio::process::Command {
+        let mut cmd = parley();
+        cmd.arg(role)
+            .env("DATABASE_URL", &self.database_url)
+            .env("NATS_URL", &self.nats_url)
+            .env("PARLEY_NATS_PREFIX", &self.prefix)
+            .env("AUTH_SECRET", SECRET)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("ADMIN_PORT", admin.to_string());
+        cmd
+    }
 }

@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod jsclient;
 mod measure;
+mod observability;
 mod openapi;
 mod pipeline;
 mod protocol;
