@@ -4,14 +4,17 @@
 //! process environment by the binary and from literals by tests. A missing or malformed required
 //! value is an error that names the variable, and the binary exits with it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 
-/// A snapshot of environment variables.
+/// A snapshot of environment variables. It remembers every name it was asked for (clones share
+/// the record), so `parley <role> --check-config` can say which variables a role reads.
 #[derive(Debug, Clone, Default)]
 pub struct Env {
     vars: HashMap<String, String>,
+    asked: Arc<Mutex<BTreeSet<String>>>,
 }
 
 /// A variable that is missing or cannot be parsed.
@@ -28,6 +31,7 @@ impl Env {
     pub fn from_process() -> Self {
         Self {
             vars: std::env::vars().collect(),
+            asked: Arc::default(),
         }
     }
 
@@ -40,6 +44,7 @@ impl Env {
                 .into_iter()
                 .map(|(k, v)| (k.into(), v.into()))
                 .collect(),
+            asked: Arc::default(),
         }
     }
 
@@ -49,8 +54,22 @@ impl Env {
         self
     }
 
+    /// Every variable name read so far, set or not.
+    pub fn names_read(&self) -> Vec<String> {
+        self.asked
+            .lock()
+            .expect("env record lock")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// The raw value; an empty string counts as unset.
     pub fn get(&self, name: &str) -> Option<&str> {
+        self.asked
+            .lock()
+            .expect("env record lock")
+            .insert(name.to_owned());
         self.vars
             .get(name)
             .map(String::as_str)

@@ -18,6 +18,10 @@ use parley_common::telemetry::{self, TelemetryConfig};
 struct Cli {
     #[command(subcommand)]
     role: Role,
+    /// Check the role's settings and exit: print the variables it reads as JSON, or name the
+    /// one that is missing or malformed (exit 64). Nothing is connected to.
+    #[arg(long, global = true)]
+    check_config: bool,
 }
 
 #[derive(Subcommand, Clone, Copy)]
@@ -35,6 +39,9 @@ pub enum Role {
     /// Start signing access tokens with a new key (the old one stays in the JWKS until its
     /// tokens have expired) and exit. Auth replicas pick it up within a minute.
     RotateKey,
+    /// Ask the admin port on this host (ADMIN_PORT) whether the role is ready: exit 0 when
+    /// `/readyz` answers 200, else 1. For container healthchecks in an image without curl.
+    Probe,
 }
 
 /// The exit code for a missing or malformed setting (EX_USAGE).
@@ -47,6 +54,22 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(&e),
     };
+    if cli.check_config {
+        return match roles::Config::from_env(cli.role, &env) {
+            Ok(_) => {
+                let read: Vec<String> = env.names_read();
+                println!("{}", serde_json::json!({ "ok": true, "read": read }));
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        };
+    }
+    if let Role::Probe = cli.role {
+        return match parley_common::config::port(&env, "ADMIN_PORT", 9100) {
+            Ok(port) => roles::probe(port),
+            Err(e) => config_error(&e),
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -84,7 +107,7 @@ impl Role {
             Role::Persistence => "parley-persistence",
             Role::Auth => "parley-auth",
             Role::All => "parley",
-            Role::Migrate | Role::RotateKey => "parley-admin",
+            Role::Migrate | Role::RotateKey | Role::Probe => "parley-admin",
         }
     }
 }

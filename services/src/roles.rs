@@ -41,6 +41,9 @@ pub enum Config {
     RotateKey {
         auth: AuthConfig,
     },
+    Probe {
+        admin_port: u16,
+    },
 }
 
 impl Config {
@@ -68,6 +71,10 @@ impl Config {
             Role::RotateKey => Config::RotateKey {
                 auth: AuthConfig::from_env(env)?,
             },
+            // Answered in main, before anything starts.
+            Role::Probe => Config::Probe {
+                admin_port: admin_port()?,
+            },
             Role::Migrate => Config::Migrate {
                 persistence: PersistenceConfig::from_env(env)?,
                 auth: AuthConfig::from_env(env)?,
@@ -90,6 +97,13 @@ pub async fn run(
         });
     }
     match config {
+        Config::Probe { admin_port } => {
+            anyhow::ensure!(
+                probe(admin_port) == std::process::ExitCode::SUCCESS,
+                "not ready"
+            );
+            Ok(())
+        }
         Config::RotateKey { auth } => {
             let pool = parley_auth::db::connect(&auth)
                 .await
@@ -211,4 +225,30 @@ async fn serve_admin(
         }
     });
     Ok(done)
+}
+
+/// `GET /readyz` on the local admin port: success when it answers 200.
+pub fn probe(port: u16) -> std::process::ExitCode {
+    use std::io::{Read, Write};
+    let ask = || -> std::io::Result<bool> {
+        let timeout = std::time::Duration::from_secs(3);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head)?;
+        Ok(head.starts_with(b"HTTP/1.") && &head[8..12] == b" 200")
+    };
+    match ask() {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("parley: not ready");
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("parley: cannot reach the admin port {port}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

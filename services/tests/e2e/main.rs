@@ -4,6 +4,7 @@
 mod accounts;
 mod binary;
 mod chat;
+mod deploy;
 mod faults;
 mod helpers;
 mod jsclient;
