@@ -22,6 +22,9 @@ pub struct GatewayConfig {
     /// heartbeating for this long is offline (a crashed gateway's users go offline by
     /// themselves). Gateways heartbeat three times per TTL.
     pub presence_ttl: Duration,
+    /// `PARLEY_WEB_DIR`: the built web app (`web/dist`), served at `/`; unset, `/` says the
+    /// app is not built.
+    pub web_dir: Option<std::path::PathBuf>,
 }
 
 /// What one client may do (DESIGN §9).
@@ -98,6 +101,7 @@ impl GatewayConfig {
             limits,
             drain_timeout: Duration::from_secs(env.parse_or("PARLEY_DRAIN_SECONDS", 20)?),
             presence_ttl: presence_ttl(env)?,
+            web_dir: env.get("PARLEY_WEB_DIR").map(std::path::PathBuf::from),
         })
     }
 }

@@ -23,6 +23,7 @@
 //! - [`limits`]: the token bucket behind the per-user rate limit.
 //! - [`transport::ws`]: the plain WebSocket transport at `/ws`;
 //!   [`transport::socketio`]: Socket.IO v4 at `/socket.io/`.
+//! - [`web`]: the web chat app's files at `/`.
 //! - [`startup`]: [`startup::Application`], which binds, serves and drains.
 
 pub mod auth;
@@ -44,6 +45,7 @@ pub mod startup;
 pub mod state;
 pub mod transport;
 pub mod typing;
+pub mod web;
 
 pub use config::GatewayConfig;
 pub use startup::Application;

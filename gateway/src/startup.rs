@@ -25,7 +25,7 @@ use crate::presence::{self, Presence};
 use crate::state::{AppState, Shared};
 use crate::transport::{socketio, ws};
 use crate::typing::Typing;
-use crate::{http, openapi, rest, revocation};
+use crate::{http, openapi, rest, revocation, web};
 
 /// Sends awaiting the broker's acknowledgement, across the gateway; past it, sends wait.
 const MAX_PENDING_PUBLISH_ACKS: usize = 10_000;
@@ -37,6 +37,7 @@ pub struct Application {
     readiness: Readiness,
     drain_timeout: std::time::Duration,
     presence_changes: mpsc::UnboundedReceiver<presence::Change>,
+    web_dir: Option<std::path::PathBuf>,
 }
 
 impl Application {
@@ -93,6 +94,7 @@ impl Application {
             readiness,
             drain_timeout: config.drain_timeout,
             presence_changes,
+            web_dir: config.web_dir,
         })
     }
 
@@ -106,13 +108,14 @@ impl Application {
         self.readiness.clone()
     }
 
-    pub fn router(state: AppState) -> Router {
+    pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
         let (socketio, _io) = socketio::layer(state.clone());
         Router::new()
             .route("/ws", get(ws::upgrade))
             .merge(http::routes())
             .merge(rest::routes())
             .merge(openapi::routes())
+            .merge(web::routes(web_dir))
             .with_state(state)
             .layer(socketio)
     }
@@ -139,7 +142,8 @@ impl Application {
         );
         axum::serve(
             self.listener,
-            Self::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+            Self::router(state.clone(), self.web_dir.as_deref())
+                .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
             shutdown.await;

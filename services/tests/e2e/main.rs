@@ -16,3 +16,4 @@ mod protocol;
 mod refused;
 mod security;
 mod socketio;
+mod web;
