@@ -99,10 +99,10 @@ async fn two_people_chat_in_real_browsers() {
     assert!(out.status.success(), "{report}");
     assert!(report.contains("# fail 0"), "{report}");
     for shot in [
-        "list-desktop",
-        "conversation-desktop",
-        "list-phone",
-        "conversation-phone",
+        "desktop-list",
+        "desktop-conversation",
+        "phone-list",
+        "phone-conversation",
     ] {
         assert!(
             screenshots.join(format!("{shot}.png")).is_file(),
