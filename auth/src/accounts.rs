@@ -2,6 +2,7 @@
 
 use std::sync::{Arc, RwLock};
 
+use parley_common::domain::UserId;
 use parley_common::subjects::Subjects;
 use parley_common::wire::{ApiError, ErrorCode};
 use sqlx::PgPool;
@@ -248,7 +249,22 @@ async fn announce_revoked(ctx: &AuthContext, session: &sessions::Session) {
     let _ = nats.flush().await;
 }
 
+/// The most users one lookup by id may name.
+pub const MAX_USER_IDS: usize = 100;
+
 pub async fn search(ctx: &AuthContext, req: UsersRequest) -> Result<UsersReply, ApiError> {
+    if !req.ids.is_empty() {
+        if req.ids.len() > MAX_USER_IDS {
+            return Err(invalid("ids may name at most 100 users"));
+        }
+        if req.ids.iter().any(|id| UserId::parse(id).is_err()) {
+            return Err(invalid("ids must be user ids"));
+        }
+        let users = users::by_ids(&ctx.pool, &req.ids)
+            .await
+            .map_err(Error::from)?;
+        return Ok(UsersReply { users });
+    }
     let query = req.query.trim();
     refuse_nul(&[("query", query)])?;
     if query.is_empty() || query.chars().count() > 64 {

@@ -118,9 +118,14 @@ pub struct LogoutRequest {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UsersRequest {
+    /// A prefix of a username or display name.
+    #[serde(default)]
     pub query: String,
     #[serde(default)]
     pub limit: Option<u32>,
+    /// Or: these users, by id (the names of a conversation's members).
+    #[serde(default)]
+    pub ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -340,15 +340,19 @@ pub async fn logout(
 #[derive(Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct UsersQuery {
-    /// Part of a username or display name.
+    /// The start of a username or display name.
+    #[serde(default)]
     #[param(pattern = "\\S", max_length = 64)]
-    query: String,
+    query: Option<String>,
     #[serde(default)]
     #[param(minimum = 1)]
     limit: Option<u32>,
+    /// Or: users by id, comma-separated (at most 100), e.g. a conversation's members.
+    #[serde(default)]
+    ids: Option<String>,
 }
 
-/// Finds users to start a conversation with.
+/// Finds users to start a conversation with (`query`), or names users by id (`ids`).
 #[utoipa::path(get, path = "/api/users", tag = "users",
     params(UsersQuery),
     security(("bearer" = []), ("session_cookie" = [])),
@@ -363,9 +367,31 @@ pub async fn users(
     _user: AuthUser,
     Q(q): Q<UsersQuery>,
 ) -> HttpResult<Json<UsersReply>> {
-    let req = UsersRequest {
-        query: q.query,
-        limit: q.limit,
+    let ids: Vec<String> = q
+        .ids
+        .as_deref()
+        .map(|ids| {
+            ids.split(',')
+                .map(str::trim)
+                .filter(|id| !id.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let req = match (q.query, ids.is_empty()) {
+        (Some(query), true) => UsersRequest {
+            query,
+            limit: q.limit,
+            ids,
+        },
+        (None, false) => UsersRequest {
+            query: String::new(),
+            limit: None,
+            ids,
+        },
+        _ => {
+            return Err(ApiError::invalid("give exactly one of query and ids").into());
+        }
     };
     Ok(Json(call(&state, AuthOp::Users, &req).await?))
 }

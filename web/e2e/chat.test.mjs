@@ -313,6 +313,11 @@ step("a long history loads older pages on scroll, in order", { timeout: 120_000 
     // Shown as "99+"; the exact count is in its label.
     assert.equal(await dm.locator('[data-testid="unread-badge"]').getAttribute("aria-label"), `${total} unread`);
   }, "Alice has Carol's DM with 120 unread");
+  // Alice never searched for Carol: the app names her by looking her id up.
+  await eventually(
+    async () => assert.match(await dm.textContent(), new RegExp(carol.displayName)),
+    "Carol is named in Alice's list",
+  );
   // A fresh page holds none of them (they came live to this one), so history comes in pages.
   await pageA.reload();
   await waitOnline(pageA);

@@ -1,7 +1,7 @@
 // The signed-in app: owns the socket and the chat state, and lays out the two panes.
 import { useCallback, useEffect, useMemo, useReducer, useRef, useState } from "react";
 import { request, useSocket, type ParleySocket, type ServerEvents } from "@parley/client";
-import { useNames, type User } from "./api";
+import { lookupUsers, useNames, type User } from "./api";
 import { ConversationList } from "./ConversationList";
 import { ConversationView } from "./ConversationView";
 import { activityOf, initialState, reducer, TYPING_TTL_MS } from "./store";
@@ -100,6 +100,21 @@ export function Chat({ me, onSignOut, onSessionOver }: Props) {
           : error
             ? "error"
             : "connecting";
+
+  // Names for the members of our conversations whom no search has named yet; each id is asked
+  // for once per page (an id the auth role does not know stays "User …").
+  const askedNames = useRef(new Set<string>());
+  useEffect(() => {
+    const unknown = [
+      ...new Set(Object.values(state.convs).flatMap((c) => c.participantIds)),
+    ].filter((id) => !names[id] && !askedNames.current.has(id));
+    if (unknown.length === 0) return;
+    unknown.forEach((id) => askedNames.current.add(id));
+    lookupUsers(unknown).catch(() => {
+      // Names are a nicety: keep the short ids, and try again on the next change.
+      unknown.forEach((id) => askedNames.current.delete(id));
+    });
+  }, [state.convs, names]);
 
   // ---- Loading ----------------------------------------------------------------------------
 

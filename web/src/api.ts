@@ -83,9 +83,21 @@ export async function searchUsers(query: string): Promise<User[]> {
   return users;
 }
 
+/** Names users by id (`GET /api/users?ids=`), at most 100 at a time, and remembers them. */
+export async function lookupUsers(ids: string[]): Promise<void> {
+  for (let i = 0; i < ids.length; i += 100) {
+    const chunk = ids.slice(i, i + 100);
+    const { users } = await call<{ users: User[] }>(
+      "GET",
+      `/api/users?ids=${chunk.map(encodeURIComponent).join(",")}`,
+    );
+    rememberUsers(users);
+  }
+}
+
 // ---- Names ------------------------------------------------------------------------------
-// The gateway has no lookup by id, so names are learnt from searches and from our own user,
-// and kept in localStorage so a reload still shows them.
+// Names are learnt from searches, from lookups by id of the members of our conversations, and
+// from our own user, and kept in localStorage so a reload shows them at once.
 
 const NAMES_KEY = "parley.users";
 const ME_KEY = "parley.me";

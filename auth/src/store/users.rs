@@ -109,3 +109,20 @@ pub async fn search(pool: &PgPool, query: &str, limit: i64) -> sqlx::Result<Vec<
         })
         .collect())
 }
+
+/// The users among `ids` that exist, in no particular order.
+pub async fn by_ids(pool: &PgPool, ids: &[String]) -> sqlx::Result<Vec<PublicUser>> {
+    let rows: Vec<(String, String, String)> =
+        sqlx::query_as("select id, username, display_name from auth.users where id = any($1)")
+            .bind(ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, username, display_name)| PublicUser {
+            id,
+            username,
+            display_name,
+        })
+        .collect())
+}
