@@ -125,6 +125,20 @@ async fn a_browser_registers_signs_in_gets_a_token_from_its_cookie_and_chats() {
         users["users"],
         json!([{"id": bob_id, "username": "bob", "displayName": "BOB"}])
     );
+    // And by id, as the web app names a conversation's members (unknown ids are left out).
+    let by_id: Value = alice_browser
+        .get(format!(
+            "http://{}/api/users?ids={bob_id},not-a-user",
+            gw.addr()
+        ))
+        .bearer_auth(&alice_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(by_id["users"], users["users"]);
     let r = reqwest::get(format!("http://{}/api/users?query=bo", gw.addr()))
         .await
         .unwrap();
@@ -319,6 +333,30 @@ async fn bad_account_requests_get_clear_errors() {
         .await
         .unwrap();
     assert_eq!(r.status(), 400);
+    // Users by id: one of query and ids, ids that are user ids, at most 100 of them.
+    let many = vec!["u"; 101].join(",");
+    for q in ["", "query=a&ids=b", "ids=a.b", &format!("ids={many}")] {
+        let r = reqwest::Client::new()
+            .get(format!("http://{}/api/users?{q}", gw.addr()))
+            .bearer_auth(env.token("alice", 60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{q}");
+    }
+    let r: Value = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/users?ids=nobody,nobody-else",
+            gw.addr()
+        ))
+        .bearer_auth(env.token("alice", 60))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["users"], serde_json::json!([]));
 }
 
 #[tokio::test]
