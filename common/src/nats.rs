@@ -181,3 +181,23 @@ pub async fn round_trip(client: &async_nats::Client) -> Result<(), SetupError> {
         _ => Err(SetupError("the NATS server did not echo in time".into())),
     }
 }
+
+/// Publishes one delivery event (a server → client frame) to each of `users` on
+/// `{p}.out.user.<user>`, with `headers` (trace context). Delivery events are at most once, so a
+/// failed publish is logged and the rest still go: clients close gaps with `sync`.
+pub async fn deliver(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    users: impl IntoIterator<Item = &str>,
+    headers: &async_nats::HeaderMap,
+    event: &bytes::Bytes,
+) {
+    for user in users {
+        if let Err(e) = client
+            .publish_with_headers(subjects.out_user(user), headers.clone(), event.clone())
+            .await
+        {
+            tracing::warn!(error = %e, "cannot publish a delivery event");
+        }
+    }
+}

@@ -84,6 +84,17 @@ impl ApiError {
     }
 }
 
+/// Content over the limit is `too_large`; blank content or a NUL is `invalid`.
+impl From<crate::domain::ContentError> for ApiError {
+    fn from(e: crate::domain::ContentError) -> Self {
+        use crate::domain::ContentError;
+        match e {
+            ContentError::TooLong { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
+            ContentError::Blank | ContentError::Nul => ApiError::invalid(e.to_string()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConversationKind {

@@ -283,15 +283,9 @@ impl Presence {
             }
         };
         let event = ServerEvent::Presence(presence).to_json();
-        for contact in contacts {
-            if let Err(e) = self
-                .nats
-                .publish(self.subjects.out_user(&contact), event.clone())
-                .await
-            {
-                tracing::debug!(error = %e, "cannot publish a presence event");
-            }
-        }
+        let headers = parley_common::trace::headers();
+        let users = contacts.iter().map(String::as_str);
+        parley_common::nats::deliver(&self.nats, &self.subjects, users, &headers, &event).await;
     }
 
     /// Writes this gateway's heartbeat and refreshes every user it holds.

@@ -4,9 +4,9 @@
 //! [`Command`] whose fields already hold valid values, or the [`ApiError`] that tells the client
 //! what is wrong (`invalid`, `too_large`). A bad frame never closes the connection.
 
-use parley_common::domain::{ClientMsgId, Content, ContentError, UserId};
+use parley_common::domain::{ClientMsgId, Content, UserId};
 use parley_common::rpc::SyncPosition;
-use parley_common::wire::{ApiError, ErrorCode};
+use parley_common::wire::ApiError;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
@@ -289,10 +289,7 @@ fn positive_seq(seq: i64) -> Result<(), ApiError> {
 }
 
 fn content(raw: String, max_content_chars: usize) -> Result<Content, ApiError> {
-    Content::parse(raw, max_content_chars).map_err(|e| match e {
-        ContentError::TooLong { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
-        ContentError::Blank | ContentError::Nul => ApiError::invalid(e.to_string()),
-    })
+    Content::parse(raw, max_content_chars).map_err(ApiError::from)
 }
 
 fn parse_edit(data: Option<&RawValue>, max_content_chars: usize) -> Result<Command, ApiError> {
@@ -365,6 +362,7 @@ fn truncate(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parley_common::wire::ErrorCode;
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_owned()).unwrap()

@@ -117,14 +117,12 @@ impl Typing {
             is_typing: on,
         })
         .to_json();
-        for member in members.iter().filter(|m| *m != user.as_str()) {
-            if let Err(e) = self
-                .nats
-                .publish(self.subjects.out_user(member), event.clone())
-                .await
-            {
-                tracing::debug!(error = %e, "cannot publish a typing event");
-            }
-        }
+        let others: Vec<&str> = members
+            .iter()
+            .map(String::as_str)
+            .filter(|m| *m != user.as_str())
+            .collect();
+        let headers = parley_common::trace::headers();
+        parley_common::nats::deliver(&self.nats, &self.subjects, others, &headers, &event).await;
     }
 }

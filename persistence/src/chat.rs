@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use parley_common::domain::{Content, ContentError, UserId};
+use parley_common::domain::{Content, UserId};
 use parley_common::rpc::{
     ContactsReply, ContactsRequest, DeleteRequest, EditRequest, Empty, HistoryRequest, ListReply,
     ListRequest, MemberRequest, MembersReply, MembersRequest, MessageReply, MessagesReply,
@@ -101,22 +101,17 @@ async fn announce_conversation(ctx: &ChatContext, conversation: &Conversation) {
     announce(ctx, &conversation.participant_ids, event).await;
 }
 
-/// Publishes a delivery event to each of `users`. Delivery events are at most once; clients
-/// catch up by listing conversations and by `sync`.
+/// Publishes a delivery event to each of `users`, in the current trace.
 async fn announce(ctx: &ChatContext, users: &[String], event: Bytes) {
-    for user in users {
-        if let Err(e) = ctx
-            .nats
-            .publish_with_headers(
-                ctx.subjects.out_user(user),
-                parley_common::trace::headers(),
-                event.clone(),
-            )
-            .await
-        {
-            tracing::warn!(error = %e, "cannot publish a delivery event");
-        }
-    }
+    let headers = parley_common::trace::headers();
+    parley_common::nats::deliver(
+        &ctx.nats,
+        &ctx.subjects,
+        users.iter().map(String::as_str),
+        &headers,
+        &event,
+    )
+    .await;
 }
 
 /// `message:history`: a page of messages before `beforeSeq` (the newest when absent), in seq
@@ -269,10 +264,7 @@ fn parse_cursor(raw: &str) -> Result<(DateTime<Utc>, Uuid), ApiError> {
 /// member is told `message:updated`.
 #[tracing::instrument(skip_all, fields(user = %req.user_id, conversation = %req.conversation_id))]
 pub async fn edit(ctx: &ChatContext, req: EditRequest) -> Result<MessageReply, ApiError> {
-    let content = Content::parse(req.content, HARD_MAX_CONTENT_CHARS).map_err(|e| match e {
-        ContentError::TooLong { .. } => ApiError::new(ErrorCode::TooLarge, e.to_string()),
-        ContentError::Blank | ContentError::Nul => ApiError::invalid(e.to_string()),
-    })?;
+    let content = Content::parse(req.content, HARD_MAX_CONTENT_CHARS)?;
     let members = members_of(ctx, req.conversation_id, &req.user_id).await?;
     let edited = messages::edit(
         &ctx.pool,

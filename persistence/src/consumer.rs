@@ -22,6 +22,7 @@ use chrono::DateTime;
 use futures::{FutureExt, StreamExt};
 use opentelemetry::trace::TraceContextExt;
 use parley_common::domain::Content;
+use parley_common::nats::deliver;
 use parley_common::subjects::Subjects;
 use parley_common::wire::{
     ConversationKind, ErrorCode, ErrorEvent, Message, ReadCommand, ReadEvent, SendCommand,
@@ -512,18 +513,8 @@ impl Writer {
                 } => {
                     let headers = delivery_headers(p, &message);
                     let event: Bytes = ServerEvent::MessageNew(message).to_json();
-                    for user in &participants {
-                        if let Err(e) = nats
-                            .publish_with_headers(
-                                self.subjects.out_user(user),
-                                headers.clone(),
-                                event.clone(),
-                            )
-                            .await
-                        {
-                            tracing::warn!(error = %e, "cannot publish a delivery event");
-                        }
-                    }
+                    let users = participants.iter().map(String::as_str);
+                    deliver(&nats, &self.subjects, users, &headers, &event).await;
                 }
                 Outcome::Read {
                     event,
@@ -534,18 +525,8 @@ impl Writer {
                     let mut headers = async_nats::HeaderMap::new();
                     parley_common::trace::inject(&span, &mut headers);
                     let event = ServerEvent::MessageRead(event).to_json();
-                    for user in &participants {
-                        if let Err(e) = nats
-                            .publish_with_headers(
-                                self.subjects.out_user(user),
-                                headers.clone(),
-                                event.clone(),
-                            )
-                            .await
-                        {
-                            tracing::warn!(error = %e, "cannot publish a read receipt");
-                        }
-                    }
+                    let users = participants.iter().map(String::as_str);
+                    deliver(&nats, &self.subjects, users, &headers, &event).await;
                 }
                 Outcome::Quiet => {}
                 Outcome::Forbidden => {
