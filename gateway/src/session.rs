@@ -243,24 +243,13 @@ impl Session {
             seq: data.seq,
             at: Utc::now(),
         };
-        let payload: Bytes = serde_json::to_vec(&command)
-            .expect("commands always serialise")
-            .into();
         let ack = self
-            .state
-            .js
-            .send_publish(
+            .publish_command(
                 self.state.subjects.in_read(data.conversation_id),
-                PublishMessage::build()
-                    .payload(payload)
-                    .headers(parley_common::trace::headers())
-                    .message_id(command.dedupe_id()),
+                &command,
+                command.dedupe_id(),
             )
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "cannot publish a read receipt");
-                ApiError::unavailable()
-            })?;
+            .await?;
         Ok(Box::pin(async move {
             match ack.await {
                 Ok(_) => Ok(rpc::encode_ok(&Empty {})),
@@ -270,6 +259,34 @@ impl Session {
                 }
             }
         }))
+    }
+
+    /// Hands a command to JetStream with the current trace context and its dedupe id; the
+    /// returned future is the broker's acknowledgement.
+    async fn publish_command<T: Serialize>(
+        &self,
+        subject: String,
+        command: &T,
+        dedupe_id: String,
+    ) -> Result<PublishAckFuture, ApiError> {
+        let payload: Bytes = serde_json::to_vec(command)
+            .expect("commands always serialise")
+            .into();
+        self.state
+            .js
+            .send_publish(
+                subject,
+                // Headers before the message id, which is a header too.
+                PublishMessage::build()
+                    .payload(payload)
+                    .headers(parley_common::trace::headers())
+                    .message_id(dedupe_id),
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "cannot publish a command");
+                ApiError::unavailable()
+            })
     }
 
     fn query<T: Serialize + Send + Sync + 'static>(&self, op: ChatOp, req: T) -> Dispatch {
@@ -305,25 +322,13 @@ impl Session {
             content: data.content.into_string(),
             accepted_at: Utc::now(),
         };
-        let payload: Bytes = serde_json::to_vec(&command)
-            .expect("commands always serialise")
-            .into();
-        let ack: PublishAckFuture = self
-            .state
-            .js
-            .send_publish(
+        let ack = self
+            .publish_command(
                 self.state.subjects.in_msg(conversation_id),
-                // Headers before the message id, which is a header too.
-                PublishMessage::build()
-                    .payload(payload)
-                    .headers(parley_common::trace::headers())
-                    .message_id(command.dedupe_id()),
+                &command,
+                command.dedupe_id(),
             )
-            .await
-            .map_err(|e| {
-                tracing::warn!(error = %e, "cannot publish a send");
-                ApiError::unavailable()
-            })?;
+            .await?;
         let client_msg_id = command.client_msg_id;
         Ok(Box::pin(async move {
             match ack.await {

@@ -206,25 +206,27 @@ pub async fn list(ctx: &ChatContext, req: ListRequest) -> Result<ListReply, ApiE
     .map_err(Error::from)?;
     let more = rows.len() > limit as usize;
     rows.truncate(limit as usize);
-    let (ids, seqs): (Vec<Uuid>, Vec<i64>) = rows
-        .iter()
-        .map(|r| r.conversation())
-        .filter(|c| c.last_seq > 0)
-        .map(|c| (c.id, c.last_seq))
-        .unzip();
-    let mut last = messages::at(&ctx.pool, &ids, &seqs)
-        .await
-        .map_err(Error::from)?;
     let next_before = if more {
         rows.last()
             .map(|r| cursor(r.active_at, r.conversation().id))
     } else {
         None
     };
-    let conversations = rows
+    let listed: Vec<(Conversation, i64)> = rows
         .iter()
-        .map(|r| {
-            let conversation = r.conversation();
+        .map(|r| (r.conversation(), r.unread_count))
+        .collect();
+    let (ids, seqs): (Vec<Uuid>, Vec<i64>) = listed
+        .iter()
+        .filter(|(c, _)| c.last_seq > 0)
+        .map(|(c, _)| (c.id, c.last_seq))
+        .unzip();
+    let mut last = messages::at(&ctx.pool, &ids, &seqs)
+        .await
+        .map_err(Error::from)?;
+    let conversations = listed
+        .into_iter()
+        .map(|(conversation, unread_count)| {
             let last_message = last
                 .iter()
                 .position(|m| m.conversation_id == conversation.id)
@@ -232,7 +234,7 @@ pub async fn list(ctx: &ChatContext, req: ListRequest) -> Result<ListReply, ApiE
             ListedConversation {
                 conversation,
                 last_message,
-                unread_count: r.unread_count,
+                unread_count,
             }
         })
         .collect();

@@ -405,6 +405,8 @@ impl Writer {
 
         let now = now_micros();
         let mut inserts: Vec<Message> = Vec::new();
+        // When each new message was accepted, for the persist latency.
+        let mut accepted = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut advanced: HashMap<Uuid, i64> = HashMap::new();
         // Reads are applied after the batch's messages are in, at their place in `outcomes`.
@@ -467,6 +469,7 @@ impl Writer {
             });
             known.insert(key, message.clone());
             inserts.push(message);
+            accepted.push(cmd.accepted_at);
         }
 
         messages::insert_batch(&mut tx, &inserts)
@@ -482,16 +485,9 @@ impl Writer {
         }
         tx.commit().await?;
         self.metrics.persisted.inc_by(inserts.len() as u64);
-        for p in batch {
-            if let Command::Send(cmd) = &p.cmd
-                && inserts.iter().any(|m| {
-                    m.sender_id == cmd.sender_id.as_str()
-                        && m.client_msg_id == cmd.client_msg_id.as_str()
-                })
-            {
-                let took = (now - cmd.accepted_at).to_std().unwrap_or_default();
-                self.metrics.persist_latency.observe(took.as_secs_f64());
-            }
+        for accepted_at in accepted {
+            let took = (now - accepted_at).to_std().unwrap_or_default();
+            self.metrics.persist_latency.observe(took.as_secs_f64());
         }
         tracing::debug!(
             stored = inserts.len(),

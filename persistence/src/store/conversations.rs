@@ -5,7 +5,7 @@ use parley_common::wire::{Conversation, ConversationKind};
 use sqlx::{PgConnection, PgExecutor};
 use uuid::Uuid;
 
-#[derive(sqlx::FromRow)]
+#[derive(Clone, sqlx::FromRow)]
 struct Row {
     id: Uuid,
     kind: String,
@@ -201,19 +201,7 @@ pub struct ListedRow {
 
 impl ListedRow {
     pub fn conversation(&self) -> Conversation {
-        Conversation {
-            id: self.row.id,
-            kind: if self.row.kind == "direct" {
-                ConversationKind::Direct
-            } else {
-                ConversationKind::Group
-            },
-            title: self.row.title.clone(),
-            participant_ids: self.row.participant_ids.clone(),
-            last_seq: self.row.last_seq,
-            last_message_at: self.row.last_message_at,
-            created_at: self.row.created_at,
-        }
+        self.row.clone().into()
     }
 }
 
