@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use axum::Router;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use parley_auth::Verifier;
 use parley_common::admin::Readiness;
 use parley_common::nats;
@@ -140,8 +141,15 @@ impl Application {
                 .clone()
                 .run(self.presence_changes, state.draining.clone()),
         );
+        // Frames go out as they are ready: without TCP_NODELAY, Nagle's algorithm holds a small
+        // frame back until the client acks the one before, up to its delayed-ack timeout (40 ms).
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(
-            self.listener,
+            listener,
             Self::router(state.clone(), self.web_dir.as_deref())
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
