@@ -1,0 +1,81 @@
+//! What every scenario shares: where the gateway is, how to mint tokens, the run's unique
+//! user names, and connecting many clients at once.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::json;
+
+use crate::client::{Client, Target};
+use crate::system::System;
+
+pub struct Ctx {
+    pub target: Target,
+    /// `AUTH_SECRET`, for HS256 tokens.
+    pub secret: String,
+    /// Unique to this run, so user names (and so DMs) never collide with an earlier run's.
+    pub run: String,
+    /// Connects in flight at once.
+    pub connect_concurrency: usize,
+    /// The gateway and persistence, when the bench started them.
+    pub system: Option<System>,
+    /// The gateway's pid when it runs elsewhere (for its memory).
+    pub gateway_pid: Option<u32>,
+    /// The zero of the timestamps messages carry.
+    pub epoch: Instant,
+}
+
+impl Ctx {
+    /// A user id for this run: `<run>-<scenario>-<n>`.
+    pub fn user(&self, scenario: &str, n: usize) -> String {
+        format!("{}-{scenario}-{n}", self.run)
+    }
+
+    /// An HS256 token for `user`, valid for four hours.
+    pub fn token(&self, user: &str) -> String {
+        let exp = chrono::Utc::now().timestamp() + 4 * 3600;
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &json!({ "sub": user, "exp": exp }),
+            &jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes()),
+        )
+        .expect("sign a token")
+    }
+
+    /// Connects every user, `connect_concurrency` at a time, each from the next source address.
+    /// Returns the clients in the order of `users`, and how long it took.
+    pub async fn connect_all(&self, users: &[String]) -> anyhow::Result<(Vec<Client>, Duration)> {
+        let started = Instant::now();
+        let clients = futures::stream::iter(users.iter().enumerate())
+            .map(|(i, user)| {
+                let token = self.token(user);
+                let source = self.target.source(i);
+                async move {
+                    Client::connect(&self.target, source, &token)
+                        .await
+                        .with_context(|| format!("connect {user} from {source}"))
+                }
+            })
+            .buffered(self.connect_concurrency)
+            .try_collect()
+            .await?;
+        Ok((clients, started.elapsed()))
+    }
+
+    pub fn gateway_pid(&self) -> Option<u32> {
+        self.system
+            .as_ref()
+            .and_then(System::gateway_pid)
+            .or(self.gateway_pid)
+    }
+
+    pub fn persistence_pid(&self) -> Option<u32> {
+        self.system.as_ref().and_then(System::persistence_pid)
+    }
+
+    /// Microseconds since the epoch, the timestamp a message carries.
+    pub fn micros(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+}

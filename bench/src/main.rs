@@ -1,0 +1,350 @@
+//! `parley-bench`: load for the real gateway, checked as it is measured.
+//!
+//! It connects many clients over `/ws` (or Socket.IO), from several `127.0.0.x` source
+//! addresses, with HS256 tokens it mints itself, drives one scenario (or the standard set), and
+//! prints a table, with JSON beside it for machines. With `--parley` it starts the gateway and
+//! persistence itself from that binary, so it can read their memory and restart the gateway.
+//! Speed is reported, never asserted; what is asserted is that every message arrived once, in
+//! order, to every recipient.
+
+mod client;
+mod ctx;
+mod flow;
+mod idle;
+mod reconnect;
+mod report;
+mod system;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+use crate::client::{Target, Transport};
+use crate::ctx::Ctx;
+use crate::flow::FlowParams;
+use crate::report::Report;
+use crate::system::System;
+
+#[derive(Parser)]
+#[command(
+    name = "parley-bench",
+    about = "Load generator and benchmark harness for Parley"
+)]
+struct Cli {
+    /// Start the gateway and persistence from this `parley` binary, with this environment
+    /// (NATS_URL, DATABASE_URL, PARLEY_NATS_PREFIX, AUTH_SECRET ...). Needed for the memory
+    /// figures and for `reconnect`. Without it, load goes to --gateway.
+    #[arg(long, env = "PARLEY_BIN")]
+    parley: Option<PathBuf>,
+    /// A gateway already running (when --parley is not given).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    gateway: SocketAddr,
+    /// That gateway's pid, for its memory figures.
+    #[arg(long)]
+    gateway_pid: Option<u32>,
+    /// The gateway's AUTH_SECRET: the bench signs HS256 tokens with it.
+    #[arg(long, env = "AUTH_SECRET", hide_env_values = true)]
+    secret: String,
+    /// Connect from 127.0.0.1 .. 127.0.0.N in turn (each address has ~28k ephemeral ports).
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: Transport,
+    /// Connects in flight at once.
+    #[arg(long, default_value_t = 200)]
+    connect_concurrency: usize,
+    /// Also write the reports as a JSON array here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Where the logs of the roles the bench starts go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// Delete the prefix's streams from NATS at the end (for a prefix made for this run).
+    #[arg(long)]
+    cleanup: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Clone)]
+enum Scenario {
+    /// Hold N authenticated connections; the gateway's memory per connection.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Seconds to hold them, checking they stay up.
+        #[arg(long, default_value_t = 10)]
+        hold: u64,
+    },
+    /// Pairs of users in DMs, both sending, at a total rate for a time.
+    Dm {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Messages per second, all senders together.
+        #[arg(long, default_value_t = 5_000.0)]
+        rate: f64,
+        /// Seconds of sending.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Characters of content per message.
+        #[arg(long, default_value_t = 64)]
+        content: usize,
+    },
+    /// Rooms of K members, every member sending: fan-out.
+    Group {
+        #[arg(long, default_value_t = 50)]
+        rooms: usize,
+        #[arg(long, default_value_t = 20)]
+        members: usize,
+        /// Messages per second, all senders together (deliveries are K times as many).
+        #[arg(long, default_value_t = 1_000.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        #[arg(long, default_value_t = 64)]
+        content: usize,
+    },
+    /// N clients connected; the gateway restarted; time until all are back and synced.
+    Reconnect {
+        #[arg(long, default_value_t = 10_000)]
+        clients: usize,
+        /// TERM (a drain, as in a rolling restart) or KILL (a crash).
+        #[arg(long, default_value = "TERM", value_parser = ["TERM", "KILL"])]
+        signal: String,
+    },
+    /// The set `./dev bench` runs: each scenario above, sized for this machine, a few minutes.
+    Standard,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("parley-bench: some checks failed (see above)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("parley-bench: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Runs the scenarios; true when every check held.
+async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let fds = rlimit::increase_nofile_limit(u64::MAX).context("raise the open-file limit")?;
+    eprintln!(
+        "parley-bench: open-file limit {fds} (the gateway inherits it when the bench starts it)"
+    );
+    let plan: Vec<(Transport, Scenario)> = match &cli.scenario {
+        Scenario::Standard => standard(fds),
+        one => vec![(cli.transport, one.clone())],
+    };
+    for (_, s) in &plan {
+        let needed = match s {
+            Scenario::Idle { connections, .. } => *connections,
+            Scenario::Reconnect { clients, .. } => *clients,
+            Scenario::Dm { pairs, .. } => 2 * pairs,
+            Scenario::Group { rooms, members, .. } => rooms * members,
+            Scenario::Standard => 0,
+        } as u64;
+        if needed + 200 > fds {
+            bail!(
+                "{needed} connections need more open files than this process may have ({fds}); \
+                 raise the hard limit (ulimit -Hn) or ask for fewer"
+            );
+        }
+    }
+
+    let mut reports = Vec::new();
+    let run_id = format!("b{:x}", chrono::Utc::now().timestamp_millis());
+    for (n, (transport, scenario)) in plan.into_iter().enumerate() {
+        let system = match &cli.parley {
+            Some(bin) => Some(
+                System::start(bin, &cli.out.join(format!("{run_id}-{n}")), system_env()).await?,
+            ),
+            None => None,
+        };
+        let addr = system.as_ref().map_or(cli.gateway, |s| s.gateway_addr);
+        let mut ctx = Ctx {
+            target: Target {
+                addr,
+                sources: (1..=cli.sources)
+                    .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+                    .collect::<Arc<[_]>>(),
+                transport,
+            },
+            secret: cli.secret.clone(),
+            run: format!("{run_id}{n}"),
+            connect_concurrency: cli.connect_concurrency,
+            system,
+            gateway_pid: cli.gateway_pid,
+            epoch: Instant::now(),
+        };
+        let report = run_one(&mut ctx, scenario).await;
+        if let Some(system) = ctx.system.take() {
+            system.stop().await?;
+        }
+        let report = report?;
+        println!("{}", report.table());
+        reports.push(report);
+    }
+    if let Some(path) = &cli.json {
+        std::fs::write(path, serde_json::to_string_pretty(&reports)?)
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("parley-bench: wrote {}", path.display());
+    }
+    if cli.cleanup {
+        cleanup().await?;
+    }
+    Ok(reports.iter().all(|r| r.verified))
+}
+
+async fn run_one(ctx: &mut Ctx, scenario: Scenario) -> anyhow::Result<Report> {
+    match scenario {
+        Scenario::Idle { connections, hold } => {
+            idle::run(ctx, connections, Duration::from_secs(hold)).await
+        }
+        Scenario::Dm {
+            pairs,
+            rate,
+            duration,
+            content,
+        } => {
+            let p = FlowParams {
+                scenario: "dm",
+                conversations: pairs,
+                members: 2,
+                rate,
+                duration: Duration::from_secs(duration),
+                content,
+            };
+            flow::run(ctx, p).await
+        }
+        Scenario::Group {
+            rooms,
+            members,
+            rate,
+            duration,
+            content,
+        } => {
+            let p = FlowParams {
+                scenario: "group",
+                conversations: rooms,
+                members,
+                rate,
+                duration: Duration::from_secs(duration),
+                content,
+            };
+            flow::run(ctx, p).await
+        }
+        Scenario::Reconnect { clients, signal } => reconnect::run(ctx, clients, &signal).await,
+        Scenario::Standard => unreachable!("expanded before"),
+    }
+}
+
+/// The standard set, sized to the open-file limit (each client is one socket in the bench and
+/// one in the gateway). Everything over `/ws` but one DM run over Socket.IO.
+fn standard(fds: u64) -> Vec<(Transport, Scenario)> {
+    let most = (fds.saturating_sub(1_000) as usize).min(50_000) / 1_000 * 1_000;
+    let ws = Transport::Ws;
+    vec![
+        (
+            ws,
+            Scenario::Idle {
+                connections: most,
+                hold: 10,
+            },
+        ),
+        (
+            ws,
+            Scenario::Dm {
+                pairs: 100,
+                rate: 5_000.0,
+                duration: 30,
+                content: 64,
+            },
+        ),
+        (
+            ws,
+            Scenario::Dm {
+                pairs: 200,
+                rate: 20_000.0,
+                duration: 60,
+                content: 64,
+            },
+        ),
+        (
+            ws,
+            Scenario::Group {
+                rooms: 50,
+                members: 20,
+                rate: 1_000.0,
+                duration: 30,
+                content: 64,
+            },
+        ),
+        (
+            Transport::SocketIo,
+            Scenario::Dm {
+                pairs: 50,
+                rate: 2_000.0,
+                duration: 20,
+                content: 64,
+            },
+        ),
+        (
+            ws,
+            Scenario::Reconnect {
+                clients: most.min(20_000),
+                signal: "TERM".into(),
+            },
+        ),
+    ]
+}
+
+/// What the bench sets for the roles it starts, over its own environment: the per-user send
+/// rate is an abuse guard (50/s by default), lifted so the offered load is what is measured;
+/// tokens are the bench's HS256; logs stay quiet.
+fn system_env() -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PARLEY_SEND_RATE", "1000000"),
+        ("PARLEY_SEND_BURST", "1000000"),
+        ("AUTH_TOKEN_KINDS", "hs256"),
+        ("LOG_FORMAT", "json"),
+    ];
+    if std::env::var_os("RUST_LOG").is_none() {
+        env.push(("RUST_LOG", "warn"));
+    }
+    env.into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// Deletes the streams of PARLEY_NATS_PREFIX.
+async fn cleanup() -> anyhow::Result<()> {
+    let url = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let prefix =
+        std::env::var("PARLEY_NATS_PREFIX").context("--cleanup needs PARLEY_NATS_PREFIX")?;
+    let subjects = parley_common::subjects::Subjects::new(&prefix).map_err(anyhow::Error::msg)?;
+    let nats = async_nats::connect(&url).await?;
+    let js = async_nats::jetstream::new(nats);
+    for stream in [
+        subjects.stream_in(),
+        subjects.stream_dlq(),
+        format!("KV_{}", subjects.presence_bucket()),
+    ] {
+        let _ = js.delete_stream(&stream).await;
+    }
+    Ok(())
+}

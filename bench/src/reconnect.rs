@@ -1,0 +1,348 @@
+//! `reconnect`: N clients in DMs, each holding one message; then a second message is sent in
+//! every conversation and at once the gateway is restarted. Each client does what a real one
+//! does: waits as `server:draining` asks (or backs off, after a crash), reconnects, sends again
+//! any message whose ack it never got (same clientMsgId: stored once whatever happened), and
+//! syncs from the last seq it holds. The figure is the time from the restart until every client
+//! is back and synced; the check is that every client ends holding both messages, each once.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use futures::{SinkExt, StreamExt, TryStreamExt};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{self, Client, Incoming, Target};
+use crate::ctx::Ctx;
+use crate::report::{self, Report};
+use crate::system::CpuSample;
+
+/// How long a client keeps trying to come back.
+const GIVE_UP: Duration = Duration::from_secs(120);
+/// Backoff after a failed connect: from the first to the cap, doubling, with full jitter.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+struct Peer {
+    n: usize,
+    token: String,
+    conversation: String,
+    base: i64,
+    /// The member that sends (the other only receives).
+    sender: bool,
+}
+
+#[derive(Default)]
+struct Outcome {
+    /// Microseconds since the bench's epoch when it was back and synced.
+    synced_at: Option<u64>,
+    attempts: u64,
+    resent: bool,
+    recovered: u64,
+    live_duplicates: u64,
+    seen: BTreeSet<i64>,
+    error: Option<String>,
+}
+
+/// Counters the main task watches.
+#[derive(Default)]
+struct Progress {
+    /// Clients holding the first message.
+    primed: AtomicU64,
+    /// Senders that wrote the second message.
+    second_written: AtomicU64,
+    /// Clients back and synced.
+    synced: AtomicU64,
+}
+
+pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<Report> {
+    let clients = clients.max(2) & !1;
+    let mut report = Report::new(
+        "reconnect",
+        json!({ "transport": ctx.target.transport, "clients": clients, "signal": signal }),
+    );
+    if ctx.system.is_none() {
+        bail!("reconnect restarts the gateway: start it from the bench with --parley");
+    }
+    let users: Vec<String> = (0..clients).map(|n| ctx.user("reconnect", n)).collect();
+    eprintln!("reconnect: connecting {clients} clients");
+    let (connected, connect_time) = ctx.connect_all(&users).await?;
+    report.figure("clients", clients as f64, "");
+    report.figure("first connect time", connect_time.as_secs_f64(), "s");
+
+    // A DM per pair, and its first message.
+    let mut pairs = Vec::new();
+    let mut it = connected.into_iter();
+    while let (Some(a), Some(b)) = (it.next(), it.next()) {
+        pairs.push((a, b));
+    }
+    let opened: Vec<(Client, Client, String, i64)> = futures::stream::iter(pairs.into_iter().enumerate())
+        .map(|(k, (mut a, b))| {
+            let peer = users[2 * k + 1].clone();
+            async move {
+                let reply = a
+                    .call("conversation:open", &json!({ "participantIds": [peer] }).to_string())
+                    .await?;
+                let id = reply["conversation"]["id"].as_str().context("conversation id")?.to_owned();
+                let base = reply["conversation"]["lastSeq"].as_i64().unwrap_or(0);
+                let send = json!({ "conversationId": id, "clientMsgId": "r1", "content": "before the restart" });
+                a.call("message:send", &send.to_string()).await?;
+                Ok::<_, anyhow::Error>((a, b, id, base))
+            }
+        })
+        .buffered(64)
+        .try_collect()
+        .await?;
+
+    let progress = Arc::new(Progress::default());
+    let (go, go_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    for (k, (a, b, id, base)) in opened.into_iter().enumerate() {
+        for (i, client) in [a, b].into_iter().enumerate() {
+            let n = 2 * k + i;
+            let peer = Peer {
+                n,
+                token: ctx.token(&users[n]),
+                conversation: id.clone(),
+                base,
+                sender: i == 0,
+            };
+            tasks.push(tokio::spawn(live(
+                client,
+                peer,
+                ctx.target.clone(),
+                ctx.epoch,
+                progress.clone(),
+                go_rx.clone(),
+            )));
+        }
+    }
+    wait_for(
+        &progress.primed,
+        clients as u64,
+        "every client to hold the first message",
+    )
+    .await?;
+    go.send_replace(true);
+    wait_for(
+        &progress.second_written,
+        clients as u64 / 2,
+        "the second messages to be written",
+    )
+    .await?;
+
+    let system = ctx.system.as_mut().expect("checked above");
+    let cpu_before = CpuSample::take(None, system.persistence_pid());
+    let restart_at = ctx.epoch.elapsed().as_micros() as u64;
+    let restart = Instant::now();
+    eprintln!("reconnect: restarting the gateway (SIG{signal})");
+    system.stop_gateway(signal).await?;
+    let stopped = restart.elapsed();
+    system.start_gateway().await?;
+    let ready = restart.elapsed();
+
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await?);
+    }
+    report.cpu_cores =
+        CpuSample::take(ctx.gateway_pid(), ctx.persistence_pid()).cores_since(&cpu_before);
+    report.figure("old gateway gone after", stopped.as_secs_f64(), "s");
+    report.figure("new gateway ready after", ready.as_secs_f64(), "s");
+
+    let mut times = report::histogram();
+    let (mut failed, mut attempts, mut resent, mut recovered, mut dups) = (0, 0, 0, 0, 0);
+    for o in &outcomes {
+        attempts += o.attempts;
+        resent += u64::from(o.resent);
+        recovered += o.recovered;
+        dups += o.live_duplicates;
+        match (o.synced_at, &o.error) {
+            (Some(at), None) => {
+                let _ = times.record(at.saturating_sub(restart_at).max(1));
+            }
+            (_, error) => {
+                failed += 1;
+                if failed <= 3 {
+                    report.problem(format!(
+                        "a client did not come back: {}",
+                        error.as_deref().unwrap_or("?")
+                    ));
+                }
+            }
+        }
+    }
+    if failed > 0 {
+        report.problem(format!("{failed} clients did not reconnect and sync"));
+    }
+    if dups > 0 {
+        report.problem(format!("{dups} messages were delivered live twice"));
+    }
+    let all = times.max() as f64 / 1e6;
+    report.figure("all back and synced after", all, "s");
+    report.figure(
+        "per client p50",
+        times.value_at_quantile(0.5) as f64 / 1e6,
+        "s",
+    );
+    report.figure(
+        "per client p99",
+        times.value_at_quantile(0.99) as f64 / 1e6,
+        "s",
+    );
+    report.figure("connect attempts", attempts as f64, "");
+    report.figure("unacked sends resent", resent as f64, "msgs");
+    report.figure("messages recovered by sync", recovered as f64, "msgs");
+    Ok(report)
+}
+
+async fn wait_for(counter: &AtomicU64, target: u64, what: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + GIVE_UP;
+    while counter.load(Ordering::Relaxed) < target {
+        if Instant::now() > deadline {
+            bail!(
+                "gave up waiting for {what}: {} of {target}",
+                counter.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// One client's life across the restart.
+async fn live(
+    mut client: Client,
+    peer: Peer,
+    target: Target,
+    epoch: Instant,
+    progress: Arc<Progress>,
+    mut go: watch::Receiver<bool>,
+) -> Outcome {
+    let mut o = Outcome::default();
+    let result = async {
+        let first = peer.base + 1;
+        let second = peer.base + 2;
+        let mut primed = false;
+        let mut second_acked = false;
+        let mut wait_ms: Option<u64> = None;
+        // Until the connection ends: take deliveries, and send the second message on cue.
+        loop {
+            let frame = tokio::select! {
+                changed = go.changed(), if peer.sender && primed && !*go.borrow() => {
+                    if changed.is_ok() {
+                        let send = json!({ "conversationId": peer.conversation, "clientMsgId": "r2", "content": "during the restart" });
+                        let frame = client::encode(client.transport, Some(2_000_000), "message:send", &send.to_string());
+                        client.writer.lock().await.send(Message::text(frame)).await?;
+                        progress.second_written.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+                f = client.reader.next() => f,
+            };
+            let text = match frame {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Ok(_)) => continue,
+            };
+            match client::parse(client.transport, &text) {
+                Incoming::Event { name: "message:new", data } => {
+                    let seq = serde_json::from_str::<serde_json::Value>(data.get())?["seq"].as_i64().unwrap_or(0);
+                    if !o.seen.insert(seq) {
+                        o.live_duplicates += 1;
+                    }
+                    if seq == first && !primed {
+                        primed = true;
+                        progress.primed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Incoming::Event { name: "server:draining", data } => {
+                    wait_ms = serde_json::from_str::<serde_json::Value>(data.get())?["reconnectAfterMs"].as_u64();
+                }
+                Incoming::Ack { id: 2_000_000, data } => {
+                    second_acked = serde_json::from_str::<serde_json::Value>(data.get())?["ok"] == true;
+                }
+                Incoming::Ping => client::pong(&client.writer).await?,
+                _ => {}
+            }
+        }
+        drop(client);
+
+        // Back: as the server asked, else after a backoff; then again until it answers.
+        let gone = Instant::now();
+        let mut delay = match wait_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => jitter(BACKOFF_FIRST, peer.n as u64),
+        };
+        let mut backoff = BACKOFF_FIRST;
+        let mut client = loop {
+            tokio::time::sleep(delay).await;
+            o.attempts += 1;
+            match Client::connect(&target, target.source(peer.n), &peer.token).await {
+                Ok(c) => break c,
+                Err(e) if gone.elapsed() > GIVE_UP => return Err(e.context("reconnect")),
+                Err(_) => {
+                    backoff = (backoff * 2).min(BACKOFF_CAP);
+                    delay = jitter(backoff, peer.n as u64 + o.attempts);
+                }
+            }
+        };
+        if peer.sender && !second_acked {
+            o.resent = true;
+            let send = json!({ "conversationId": peer.conversation, "clientMsgId": "r2", "content": "during the restart" });
+            client.call("message:send", &send.to_string()).await.context("resend")?;
+        }
+        let after = o.seen.iter().copied().filter(|s| *s <= second).max().unwrap_or(peer.base);
+        let sync = json!({ "conversations": [{ "conversationId": peer.conversation, "afterSeq": after }] });
+        let reply = client.call("sync", &sync.to_string()).await.context("sync")?;
+        for m in reply["messages"].as_array().into_iter().flatten() {
+            if let Some(seq) = m["seq"].as_i64()
+                && o.seen.insert(seq)
+            {
+                o.recovered += 1;
+            }
+        }
+        o.synced_at = Some(epoch.elapsed().as_micros() as u64);
+        progress.synced.fetch_add(1, Ordering::Relaxed);
+
+        // A message the peer resent after this sync still comes live.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !o.seen.contains(&second) {
+            let text = tokio::time::timeout_at(deadline, client::next_text(&mut client.reader))
+                .await
+                .map_err(|_| anyhow::anyhow!("the second message never came"))??;
+            match client::parse(client.transport, &text) {
+                Incoming::Event { name: "message:new", data } => {
+                    let seq = serde_json::from_str::<serde_json::Value>(data.get())?["seq"].as_i64().unwrap_or(0);
+                    o.seen.insert(seq);
+                }
+                Incoming::Ping => client::pong(&client.writer).await?,
+                _ => {}
+            }
+        }
+        let _ = client.writer.lock().await.close().await;
+        if o.seen != BTreeSet::from([first, second]) {
+            bail!("holds seqs {:?}, expected {first} and {second}", o.seen);
+        }
+        Ok::<_, anyhow::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        o.error = Some(format!("{e:#}"));
+    }
+    o
+}
+
+/// A delay in [0, max) that differs from client to client (full jitter).
+fn jitter(max: Duration, seed: u64) -> Duration {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (std::process::id() as u64);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x ^= x >> 29;
+    let max = max.as_micros().max(1) as u64;
+    Duration::from_micros(x % max)
+}
