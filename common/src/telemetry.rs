@@ -108,8 +108,13 @@ pub fn init(config: &TelemetryConfig, default_service: &str) -> Guard {
     }
     let provider = builder.build();
     global::set_tracer_provider(provider.clone());
+    // No per-span busy/idle timing, thread or source-location attributes: they cost on every
+    // span of the hot path (a few per message) and say little a trace does not.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("parley"))
+        .with_tracked_inactivity(false)
+        .with_threads(false)
+        .with_location(false)
         .with_filter(LevelFilter::INFO);
     // RUST_LOG filters log lines only; spans reach OpenTelemetry whatever it says.
     let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|_| EnvFilter::new("info"));
