@@ -188,7 +188,11 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
         .into_iter()
         .enumerate()
         .map(|(n, (writer, conversation))| {
-            let offset = Duration::from_micros((n as u64 * 7919) % 10_000);
+            // Senders spread evenly over one sender's period, so the offered load is smooth
+            // rather than every sender firing in the same instant.
+            let phase = (n as f64 * 0.618_033_988_75).fract();
+            let offset =
+                Duration::from_secs_f64(phase / per_sender.max(1e-3)).min(Duration::from_secs(1));
             tokio::spawn(send(
                 writer,
                 transport,

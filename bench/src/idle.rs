@@ -18,12 +18,18 @@ use crate::system::{self, CpuSample};
 /// Time for the gateway to settle after the last connect, before memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
 
-pub async fn run(ctx: &Ctx, connections: usize, hold: Duration) -> anyhow::Result<Report> {
+pub async fn run(
+    ctx: &Ctx,
+    connections: usize,
+    per_user: usize,
+    hold: Duration,
+) -> anyhow::Result<Report> {
     let mut report = Report::new(
         "idle",
         json!({
             "transport": ctx.target.transport,
             "connections": connections,
+            "connectionsPerUser": per_user,
             "holdSeconds": hold.as_secs_f64(),
         }),
     );
@@ -34,7 +40,9 @@ pub async fn run(ctx: &Ctx, connections: usize, hold: Duration) -> anyhow::Resul
     let rss = || pid.and_then(system::rss_bytes).unwrap_or(0) as f64;
     let before = rss();
 
-    let users: Vec<String> = (0..connections).map(|n| ctx.user("idle", n)).collect();
+    let users: Vec<String> = (0..connections)
+        .map(|n| ctx.user("idle", n / per_user.max(1)))
+        .collect();
     eprintln!(
         "idle: connecting {connections} clients over {:?}",
         ctx.target.transport

@@ -77,6 +77,9 @@ enum Scenario {
     Idle {
         #[arg(long, default_value_t = 10_000)]
         connections: usize,
+        /// Connections per user (devices); at most the gateway's per-user cap.
+        #[arg(long, default_value_t = 1)]
+        per_user: usize,
         /// Seconds to hold them, checking they stay up.
         #[arg(long, default_value_t = 10)]
         hold: u64,
@@ -212,9 +215,11 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
 async fn run_one(ctx: &mut Ctx, scenario: Scenario) -> anyhow::Result<Report> {
     match scenario {
-        Scenario::Idle { connections, hold } => {
-            idle::run(ctx, connections, Duration::from_secs(hold)).await
-        }
+        Scenario::Idle {
+            connections,
+            per_user,
+            hold,
+        } => idle::run(ctx, connections, per_user, Duration::from_secs(hold)).await,
         Scenario::Dm {
             pairs,
             rate,
@@ -263,6 +268,7 @@ fn standard(fds: u64) -> Vec<(Transport, Scenario)> {
             ws,
             Scenario::Idle {
                 connections: most,
+                per_user: 1,
                 hold: 10,
             },
         ),
