@@ -2,13 +2,13 @@
 //! client → gateway → JetStream → persistence → Postgres → delivery → gateway → client.
 
 mod accounts;
+mod bench;
 mod binary;
 mod chat;
 mod deploy;
 mod faults;
 mod helpers;
 mod jsclient;
-mod measure;
 mod observability;
 mod openapi;
 mod pipeline;
