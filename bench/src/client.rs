@@ -56,6 +56,9 @@ pub struct Client {
     pub writer: Writer,
     pub reader: SplitStream<Ws>,
     pub transport: Transport,
+    /// Events that came while [`request`](Self::request) waited for its answer, oldest
+    /// first, for a reader that needs every one of them.
+    pub skipped: Vec<String>,
     next_id: u64,
 }
 
@@ -125,12 +128,13 @@ impl Client {
             writer: Arc::new(Mutex::new(writer)),
             reader,
             transport: target.transport,
+            skipped: Vec::new(),
             next_id: 1,
         })
     }
 
-    /// Sends a request and waits for its acknowledgement, answering pings and dropping the
-    /// events that come meanwhile. Returns the reply's data.
+    /// Sends a request and waits for its acknowledgement, answering pings and keeping the
+    /// events that come meanwhile in `skipped`. Returns the reply's data.
     pub async fn request(&mut self, event: &str, data: &str) -> anyhow::Result<serde_json::Value> {
         let id = self.next_id;
         self.next_id += 1;
@@ -145,6 +149,7 @@ impl Client {
                         return Ok::<_, anyhow::Error>(serde_json::from_str(data.get())?);
                     }
                     Incoming::Ping => pong(&self.writer).await?,
+                    Incoming::Event { .. } => self.skipped.push(text),
                     _ => {}
                 }
             }

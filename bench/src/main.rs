@@ -286,7 +286,7 @@ fn standard(fds: u64) -> Vec<(Transport, Scenario)> {
             Scenario::Dm {
                 pairs: 200,
                 rate: 20_000.0,
-                duration: 60,
+                duration: 20,
                 content: 64,
             },
         ),

@@ -98,6 +98,10 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
         .try_collect()
         .await?;
 
+    eprintln!(
+        "reconnect: {} DMs opened, each with its first message",
+        opened.len()
+    );
     let progress = Arc::new(Progress::default());
     let (go, go_rx) = watch::channel(false);
     let mut tasks = Vec::new();
@@ -230,8 +234,14 @@ async fn live(
         let mut primed = false;
         let mut second_acked = false;
         let mut wait_ms: Option<u64> = None;
-        // Until the connection ends: take deliveries, and send the second message on cue.
+        // Until the connection ends: take deliveries (first those that came during setup),
+        // and send the second message on cue.
+        let mut backlog = std::mem::take(&mut client.skipped).into_iter();
         loop {
+            if let Some(text) = backlog.next() {
+                handle(&text, client.transport, &mut o, first, &mut primed, &progress, &mut wait_ms, &mut second_acked)?;
+                continue;
+            }
             let frame = tokio::select! {
                 changed = go.changed(), if peer.sender && primed && !*go.borrow() => {
                     if changed.is_ok() {
@@ -249,26 +259,11 @@ async fn live(
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break,
                 Some(Ok(_)) => continue,
             };
-            match client::parse(client.transport, &text) {
-                Incoming::Event { name: "message:new", data } => {
-                    let seq = serde_json::from_str::<serde_json::Value>(data.get())?["seq"].as_i64().unwrap_or(0);
-                    if !o.seen.insert(seq) {
-                        o.live_duplicates += 1;
-                    }
-                    if seq == first && !primed {
-                        primed = true;
-                        progress.primed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Incoming::Event { name: "server:draining", data } => {
-                    wait_ms = serde_json::from_str::<serde_json::Value>(data.get())?["reconnectAfterMs"].as_u64();
-                }
-                Incoming::Ack { id: 2_000_000, data } => {
-                    second_acked = serde_json::from_str::<serde_json::Value>(data.get())?["ok"] == true;
-                }
-                Incoming::Ping => client::pong(&client.writer).await?,
-                _ => {}
+            if matches!(client::parse(client.transport, &text), Incoming::Ping) {
+                client::pong(&client.writer).await?;
+                continue;
             }
+            handle(&text, client.transport, &mut o, first, &mut primed, &progress, &mut wait_ms, &mut second_acked)?;
         }
         drop(client);
 
@@ -309,12 +304,17 @@ async fn live(
         o.synced_at = Some(epoch.elapsed().as_micros() as u64);
         progress.synced.fetch_add(1, Ordering::Relaxed);
 
-        // A message the peer resent after this sync still comes live.
+        // A message stored after this sync still comes live (perhaps while the resend or the
+        // sync waited for its answer).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut backlog = std::mem::take(&mut client.skipped).into_iter();
         while !o.seen.contains(&second) {
-            let text = tokio::time::timeout_at(deadline, client::next_text(&mut client.reader))
-                .await
-                .map_err(|_| anyhow::anyhow!("the second message never came"))??;
+            let text = match backlog.next() {
+                Some(text) => text,
+                None => tokio::time::timeout_at(deadline, client::next_text(&mut client.reader))
+                    .await
+                    .map_err(|_| anyhow::anyhow!("the second message never came"))??,
+            };
             match client::parse(client.transport, &text) {
                 Incoming::Event { name: "message:new", data } => {
                     let seq = serde_json::from_str::<serde_json::Value>(data.get())?["seq"].as_i64().unwrap_or(0);
@@ -335,6 +335,53 @@ async fn live(
         o.error = Some(format!("{e:#}"));
     }
     o
+}
+
+/// One frame before the restart: a delivery (the first one primes the client), the drain
+/// notice, or the ack of the second message.
+#[allow(clippy::too_many_arguments)]
+fn handle(
+    text: &str,
+    transport: client::Transport,
+    o: &mut Outcome,
+    first: i64,
+    primed: &mut bool,
+    progress: &Progress,
+    wait_ms: &mut Option<u64>,
+    second_acked: &mut bool,
+) -> anyhow::Result<()> {
+    match client::parse(transport, text) {
+        Incoming::Event {
+            name: "message:new",
+            data,
+        } => {
+            let seq = serde_json::from_str::<serde_json::Value>(data.get())?["seq"]
+                .as_i64()
+                .unwrap_or(0);
+            if !o.seen.insert(seq) {
+                o.live_duplicates += 1;
+            }
+            if seq == first && !*primed {
+                *primed = true;
+                progress.primed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Incoming::Event {
+            name: "server:draining",
+            data,
+        } => {
+            *wait_ms =
+                serde_json::from_str::<serde_json::Value>(data.get())?["reconnectAfterMs"].as_u64();
+        }
+        Incoming::Ack {
+            id: 2_000_000,
+            data,
+        } => {
+            *second_acked = serde_json::from_str::<serde_json::Value>(data.get())?["ok"] == true;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// A delay in [0, max) that differs from client to client (full jitter).
