@@ -44,6 +44,8 @@ struct Outcome {
     resent: bool,
     recovered: u64,
     live_duplicates: u64,
+    /// Requests answered `unavailable` and tried again, as the protocol asks.
+    retries: u64,
     seen: BTreeSet<i64>,
     error: Option<String>,
 }
@@ -160,8 +162,10 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
 
     let mut times = report::histogram();
     let (mut failed, mut attempts, mut resent, mut recovered, mut dups) = (0, 0, 0, 0, 0);
+    let mut retries = 0;
     for o in &outcomes {
         attempts += o.attempts;
+        retries += o.retries;
         resent += u64::from(o.resent);
         recovered += o.recovered;
         dups += o.live_duplicates;
@@ -199,6 +203,7 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
         "s",
     );
     report.figure("connect attempts", attempts as f64, "");
+    report.figure("requests retried after unavailable", retries as f64, "");
     report.figure("unacked sends resent", resent as f64, "msgs");
     report.figure("messages recovered by sync", recovered as f64, "msgs");
     Ok(report)
@@ -289,11 +294,15 @@ async fn live(
         if peer.sender && !second_acked {
             o.resent = true;
             let send = json!({ "conversationId": peer.conversation, "clientMsgId": "r2", "content": "during the restart" });
-            client.call("message:send", &send.to_string()).await.context("resend")?;
+            call_retrying(&mut client, "message:send", &send.to_string(), &peer, &mut o.retries)
+                .await
+                .context("resend")?;
         }
         let after = o.seen.iter().copied().filter(|s| *s <= second).max().unwrap_or(peer.base);
         let sync = json!({ "conversations": [{ "conversationId": peer.conversation, "afterSeq": after }] });
-        let reply = client.call("sync", &sync.to_string()).await.context("sync")?;
+        let reply = call_retrying(&mut client, "sync", &sync.to_string(), &peer, &mut o.retries)
+            .await
+            .context("sync")?;
         for m in reply["messages"].as_array().into_iter().flatten() {
             if let Some(seq) = m["seq"].as_i64()
                 && o.seen.insert(seq)
@@ -335,6 +344,31 @@ async fn live(
         o.error = Some(format!("{e:#}"));
     }
     o
+}
+
+/// A request, tried again after a backoff while the answer is `unavailable` (the protocol's
+/// "retry": the gateway or persistence is overloaded or restarting), as a real client does.
+async fn call_retrying(
+    client: &mut Client,
+    event: &str,
+    data: &str,
+    peer: &Peer,
+    retries: &mut u64,
+) -> anyhow::Result<serde_json::Value> {
+    let started = Instant::now();
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let reply = client.request(event, data).await?;
+        if reply["ok"] == true {
+            return Ok(reply);
+        }
+        if reply["error"]["code"] != "unavailable" || started.elapsed() > GIVE_UP {
+            bail!("{event} refused: {}", reply["error"]);
+        }
+        *retries += 1;
+        backoff = (backoff * 2).min(BACKOFF_CAP);
+        tokio::time::sleep(jitter(backoff, peer.n as u64 + *retries)).await;
+    }
 }
 
 /// One frame before the restart: a delivery (the first one primes the client), the drain
