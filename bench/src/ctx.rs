@@ -76,6 +76,11 @@ impl Ctx {
 
     /// Microseconds since the epoch, the timestamp a message carries.
     pub fn micros(&self) -> u64 {
-        self.epoch.elapsed().as_micros() as u64
+        micros_since(self.epoch)
     }
+}
+
+/// Microseconds since `epoch`: the bench's one clock for send stamps and arrival times.
+pub fn micros_since(epoch: Instant) -> u64 {
+    epoch.elapsed().as_micros() as u64
 }

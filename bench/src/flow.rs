@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{self, Client, Incoming, Transport, Writer};
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, micros_since};
 use crate::report::{self, Report};
 use crate::system::{self, CpuSample};
 
@@ -372,7 +372,7 @@ async fn send(
         let mut w = writer.lock().await;
         while sent < due {
             let id = FIRST_SEND_ID + sent;
-            let stamp = epoch.elapsed().as_micros() as u64;
+            let stamp = micros_since(epoch);
             let data = format!(
                 r#"{{"conversationId":"{conversation}","clientMsgId":"{id}","content":"{stamp:016x}{pad}"}}"#
             );
@@ -445,7 +445,7 @@ async fn read(
                 break;
             }
         };
-        let now = shared.epoch.elapsed().as_micros() as u64;
+        let now = micros_since(shared.epoch);
         match client::parse(transport, &text) {
             Incoming::Event {
                 name: "message:new",

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Client, Incoming, Target};
-use crate::ctx::Ctx;
+use crate::ctx::{Ctx, micros_since};
 use crate::report::{self, Report};
 use crate::system::CpuSample;
 
@@ -26,6 +26,16 @@ const GIVE_UP: Duration = Duration::from_secs(120);
 /// Backoff after a failed connect: from the first to the cap, doubling, with full jitter.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(2);
+
+/// The request id of the second message's first send.
+const SECOND_ID: u64 = 2_000_000;
+
+/// The second message of a conversation: sent as the gateway stops, and sent again with the
+/// same clientMsgId if its ack never came.
+fn second_message(conversation: &str) -> String {
+    json!({ "conversationId": conversation, "clientMsgId": "r2", "content": "during the restart" })
+        .to_string()
+}
 
 struct Peer {
     n: usize,
@@ -143,7 +153,7 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
 
     let system = ctx.system.as_mut().expect("checked above");
     let cpu_before = CpuSample::take(None, system.persistence_pid());
-    let restart_at = ctx.epoch.elapsed().as_micros() as u64;
+    let restart_at = micros_since(ctx.epoch);
     let restart = Instant::now();
     eprintln!("reconnect: restarting the gateway (SIG{signal})");
     system.stop_gateway(signal).await?;
@@ -250,8 +260,7 @@ async fn live(
             let frame = tokio::select! {
                 changed = go.changed(), if peer.sender && primed && !*go.borrow() => {
                     if changed.is_ok() {
-                        let send = json!({ "conversationId": peer.conversation, "clientMsgId": "r2", "content": "during the restart" });
-                        let frame = client::encode(client.transport, Some(2_000_000), "message:send", &send.to_string());
+                        let frame = client::encode(client.transport, Some(SECOND_ID), "message:send", &second_message(&peer.conversation));
                         client.writer.lock().await.send(Message::text(frame)).await?;
                         progress.second_written.fetch_add(1, Ordering::Relaxed);
                     }
@@ -293,8 +302,7 @@ async fn live(
         };
         if peer.sender && !second_acked {
             o.resent = true;
-            let send = json!({ "conversationId": peer.conversation, "clientMsgId": "r2", "content": "during the restart" });
-            call_retrying(&mut client, "message:send", &send.to_string(), &peer, &mut o.retries)
+            call_retrying(&mut client, "message:send", &second_message(&peer.conversation), &peer, &mut o.retries)
                 .await
                 .context("resend")?;
         }
@@ -310,7 +318,7 @@ async fn live(
                 o.recovered += 1;
             }
         }
-        o.synced_at = Some(epoch.elapsed().as_micros() as u64);
+        o.synced_at = Some(micros_since(epoch));
         progress.synced.fetch_add(1, Ordering::Relaxed);
 
         // A message stored after this sync still comes live (perhaps while the resend or the
@@ -408,7 +416,7 @@ fn handle(
                 serde_json::from_str::<serde_json::Value>(data.get())?["reconnectAfterMs"].as_u64();
         }
         Incoming::Ack {
-            id: 2_000_000,
+            id: SECOND_ID,
             data,
         } => {
             *second_acked = serde_json::from_str::<serde_json::Value>(data.get())?["ok"] == true;
