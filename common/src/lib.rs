@@ -12,6 +12,7 @@
 //! - [`wire`]: the JSON shapes of DESIGN §4 and §6, and the commands carried over JetStream.
 //! - [`rpc`]: the request/reply envelope used over NATS and echoed to clients.
 //! - [`nats`]: connecting, and creating the JetStream streams idempotently.
+//! - [`nats_version`]: the oldest NATS server Parley runs on (2.11), checked at connect.
 //! - [`service`]: running a NATS request/reply service with bounded concurrency.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on each role's admin port.
 //! - [`telemetry`]: logging set-up.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod domain;
 pub mod metrics;
 pub mod nats;
+pub mod nats_version;
 pub mod rpc;
 pub mod service;
 pub mod shutdown;

@@ -16,8 +16,9 @@ pub const MAX_COMMAND_BYTES: i32 = 256 * 1024;
 /// How long a dead-lettered command is kept for an operator to look at.
 pub const DLQ_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// Connects, failing fast when the server does not answer at start; once connected the client
-/// reconnects for ever, and callers see `unavailable` meanwhile.
+/// Connects, failing fast when the server does not answer at start or is older than NATS 2.11
+/// ([`crate::nats_version`]); once connected the client reconnects for ever, and callers see
+/// `unavailable` meanwhile.
 /// `role` labels the reconnect counter.
 pub async fn connect(
     cfg: &NatsConfig,
@@ -26,7 +27,7 @@ pub async fn connect(
 ) -> Result<async_nats::Client, SetupError> {
     let reconnects = crate::metrics::nats_reconnects(role);
     let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    async_nats::ConnectOptions::new()
+    let client = async_nats::ConnectOptions::new()
         .name(name)
         .event_callback(move |event| {
             let (reconnects, lost) = (reconnects.clone(), lost.clone());
@@ -50,7 +51,10 @@ pub async fn connect(
         .max_reconnects(None)
         .connect(cfg.url.as_str())
         .await
-        .map_err(|e| SetupError(format!("cannot connect to NATS at {}: {e}", cfg.url)))
+        .map_err(|e| SetupError(format!("cannot connect to NATS at {}: {e}", cfg.url)))?;
+    crate::nats_version::check(&client.server_info().version)
+        .map_err(|e| SetupError(e.to_string()))?;
+    Ok(client)
 }
 
 /// NATS could not be reached or a stream could not be declared; the message says which.
