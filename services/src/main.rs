@@ -2,7 +2,8 @@
 //! telemetry, build the role, run it until Ctrl-C or SIGTERM, drain, flush.
 //!
 //! # Layout
-//! - `main.rs`: the command line and the exit codes (64: a bad setting, named; 1: a failure).
+//! - `main.rs`: the command line and the exit codes (64: a bad setting, named, or a NATS server
+//!   older than 2.11; 1: a failure).
 //! - `roles.rs`: building and running each role, and the admin port beside it.
 
 mod roles;
@@ -11,6 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use parley_common::config::{ConfigError, Env};
+use parley_common::nats_version::NatsTooOld;
 use parley_common::telemetry::{self, TelemetryConfig};
 
 #[derive(Parser)]
@@ -44,7 +46,7 @@ pub enum Role {
     Probe,
 }
 
-/// The exit code for a missing or malformed setting (EX_USAGE).
+/// The exit code for a missing or malformed setting, or a NATS server too old (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
@@ -88,7 +90,7 @@ fn main() -> ExitCode {
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "parley stopped with an error");
                 eprintln!("parley: {e:#}");
-                ExitCode::FAILURE
+                failure_code(&e)
             }
         };
         (code, telemetry)
@@ -109,6 +111,19 @@ impl Role {
             Role::All => "parley",
             Role::Migrate | Role::RotateKey | Role::Probe => "parley-admin",
         }
+    }
+}
+
+/// 64 when the NATS server is older than Parley supports: like a bad setting, it is the
+/// deployment that is wrong, and a restart will not help. 1 for any other failure.
+///
+/// The roles' error types keep NATS errors as text (`persistence::Error::Nats(String)`), so
+/// the refusal is recognised by the words its message always carries.
+fn failure_code(e: &anyhow::Error) -> ExitCode {
+    if NatsTooOld::is_in(&format!("{e:#}")) {
+        ExitCode::from(EXIT_CONFIG)
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -10,6 +10,7 @@ mod faults;
 mod helpers;
 mod jsclient;
 mod observability;
+mod old_nats;
 mod openapi;
 mod pipeline;
 mod protocol;
