@@ -62,28 +62,62 @@ pub async fn connect(
 #[error("{0}")]
 pub struct SetupError(pub String);
 
-/// Stream settings operators may change (`PARLEY_STREAM_REPLICAS`).
+/// Stream settings operators may change (`PARLEY_STREAM_REPLICAS`, `PARLEY_PARTITIONS`).
 #[derive(Debug, Clone, Copy)]
 pub struct StreamSettings {
     /// 1 on a single server; 3 on a production JetStream cluster.
     pub replicas: usize,
+    /// How many partitions `PARLEY_IN` is split into: fixed for the stream's life (changing it
+    /// is a migration, docs/durability.md).
+    pub partitions: u16,
 }
+
+/// The default `PARLEY_PARTITIONS`.
+pub const DEFAULT_PARTITIONS: u16 = 16;
+
+/// The most partitions a stream may have.
+pub const MAX_PARTITIONS: u16 = 1024;
 
 impl Default for StreamSettings {
     fn default() -> Self {
-        Self { replicas: 1 }
+        Self {
+            replicas: 1,
+            partitions: DEFAULT_PARTITIONS,
+        }
+    }
+}
+
+impl StreamSettings {
+    pub fn from_env(env: &crate::config::Env) -> Result<Self, crate::config::ConfigError> {
+        let partitions: u16 = env.parse_or("PARLEY_PARTITIONS", DEFAULT_PARTITIONS)?;
+        if partitions == 0 || partitions > MAX_PARTITIONS {
+            return Err(crate::config::ConfigError::Invalid {
+                name: "PARLEY_PARTITIONS",
+                reason: format!("{partitions}: expected 1 to {MAX_PARTITIONS}"),
+            });
+        }
+        Ok(Self {
+            replicas: env.parse_or("PARLEY_STREAM_REPLICAS", 1)?,
+            partitions,
+        })
     }
 }
 
 /// The configuration of `PARLEY_IN`: work-queue retention (a command is gone once persistence
 /// acks it), file storage, and a dedupe window so a client's retry is dropped by the broker.
 /// `discard: new` makes a full stream refuse new sends (the client sees `unavailable`) rather than
-/// silently dropping accepted ones.
+/// silently dropping accepted ones. The subject transform stores each command under its
+/// conversation's partition (`{p}.part.<n>.…`), which one persistence replica at a time writes.
 pub fn stream_in_config(subjects: &Subjects, settings: StreamSettings) -> stream::Config {
+    let (source, destination) = subjects.partition_transform(settings.partitions);
     stream::Config {
         name: subjects.stream_in(),
         description: Some("Parley commands waiting to be persisted".into()),
         subjects: vec![subjects.in_all()],
+        subject_transform: Some(stream::SubjectTransform {
+            source,
+            destination,
+        }),
         retention: stream::RetentionPolicy::WorkQueue,
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::New,
@@ -94,6 +128,30 @@ pub fn stream_in_config(subjects: &Subjects, settings: StreamSettings) -> stream
     }
 }
 
+/// How many partitions an existing `PARLEY_IN` has: `None` for a stream from before partitions.
+pub fn partitions_of(config: &stream::Config) -> Option<u16> {
+    let dest = &config.subject_transform.as_ref()?.destination;
+    let start = dest.find("{{partition(")? + "{{partition(".len();
+    let end = start + dest[start..].find(',')?;
+    dest[start..end].trim().parse().ok()
+}
+
+/// Whether `PARLEY_IN` as found may be brought to `wanted`: a stream's partition count (or its
+/// lack of partitions) changes only while it is empty, so no stored command is stranded under
+/// a subject no consumer reads.
+fn check_partitions(found: &stream::Info, wanted: StreamSettings) -> Result<(), SetupError> {
+    let had = partitions_of(&found.config);
+    if had == Some(wanted.partitions) || found.state.messages == 0 {
+        return Ok(());
+    }
+    let had = had.map_or_else(|| "no partitions".to_owned(), |n| format!("{n} partitions"));
+    Err(SetupError(format!(
+        "stream {} has {had} and holds {} commands, but PARLEY_PARTITIONS is {}: the partition \
+         count changes only on an empty stream (stop the gateways, let persistence drain the \
+         stream, then restart every role with the new count; see docs/durability.md)",
+        found.config.name, found.state.messages, wanted.partitions
+    )))
+}
 /// The configuration of `PARLEY_DLQ`: commands that can never succeed, kept for two weeks.
 pub fn stream_dlq_config(subjects: &Subjects, settings: StreamSettings) -> stream::Config {
     stream::Config {
@@ -154,6 +212,18 @@ pub async fn ensure_streams(
     subjects: &Subjects,
     settings: StreamSettings,
 ) -> Result<(), SetupError> {
+    match js.get_stream(subjects.stream_in()).await {
+        Ok(found) => check_partitions(found.cached_info(), settings)?,
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
+        Err(e) => {
+            return Err(SetupError(format!(
+                "cannot read stream {}: {e}",
+                subjects.stream_in()
+            )));
+        }
+    }
     for config in [
         stream_in_config(subjects, settings),
         stream_dlq_config(subjects, settings),

@@ -46,9 +46,66 @@ impl Subjects {
         format!("{}.in.read.{conversation}", self.prefix)
     }
 
-    /// `{p}.in.>`: everything `PARLEY_IN` stores.
+    /// `{p}.in.*.*`: what `PARLEY_IN` takes (`{p}.in.<kind>.<conversation>`).
     pub fn in_all(&self) -> String {
-        format!("{}.in.>", self.prefix)
+        format!("{}.in.*.*", self.prefix)
+    }
+
+    /// The stream's subject transform: `{p}.in.<kind>.<conversation>` is stored as
+    /// `{p}.part.<n>.<kind>.<conversation>`, `n` the server's hash of the conversation id
+    /// modulo `partitions`. Every command of one conversation lands in one partition, in order.
+    pub fn partition_transform(&self, partitions: u16) -> (String, String) {
+        (
+            self.in_all(),
+            format!(
+                "{}.part.{{{{partition({partitions},2)}}}}.{{{{wildcard(1)}}}}.{{{{wildcard(2)}}}}",
+                self.prefix
+            ),
+        )
+    }
+
+    /// `{p}.part.<n>.>`: the commands of partition `n`, as stored.
+    pub fn partition_filter(&self, partition: u16) -> String {
+        format!("{}.part.{partition}.>", self.prefix)
+    }
+
+    /// The durable consumer of partition `n`, pinned to one persistence replica at a time.
+    pub fn consumer_partition(&self, partition: u16) -> String {
+        format!("{}_PERSIST_{partition}", self.upper)
+    }
+
+    /// `{p}.ctl.persist.replicas`: persistence replicas' heartbeats, from which each works out
+    /// which partitions are its own.
+    pub fn ctl_persist_replicas(&self) -> String {
+        format!("{}.ctl.persist.replicas", self.prefix)
+    }
+
+    /// Reads a command's subject as the stream stores it (`{p}.part.<n>.<kind>.<conversation>`).
+    pub fn parse_command(&self, subject: &str) -> Result<CommandSubject, SubjectError> {
+        let unsupported = || SubjectError(format!("unsupported command subject {subject}"));
+        let rest = subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(".part."))
+            .ok_or_else(unsupported)?;
+        let mut tokens = rest.split('.');
+        let (Some(partition), Some(kind), Some(conversation), None) =
+            (tokens.next(), tokens.next(), tokens.next(), tokens.next())
+        else {
+            return Err(unsupported());
+        };
+        let partition = partition.parse().map_err(|_| unsupported())?;
+        let kind = match kind {
+            "msg" => CommandKind::Send,
+            "read" => CommandKind::Read,
+            _ => return Err(unsupported()),
+        };
+        let conversation = Uuid::parse_str(conversation)
+            .map_err(|_| SubjectError(format!("{subject}: not a conversation id")))?;
+        Ok(CommandSubject {
+            partition,
+            kind,
+            conversation,
+        })
     }
 
     /// `{p}.out.user.<user>`: delivery events for one user, core NATS.
@@ -123,6 +180,26 @@ impl Subjects {
     }
 }
 
+/// A subject that names no command Parley knows, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SubjectError(pub String);
+
+/// What a command's subject says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommandSubject {
+    pub partition: u16,
+    pub kind: CommandKind,
+    pub conversation: Uuid,
+}
+
+/// The kinds of command `PARLEY_IN` carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    Send,
+    Read,
+}
+
 /// The operations of the `parley-persistence` request/reply service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChatOp {
@@ -190,6 +267,53 @@ mod tests {
         let s = Subjects::new("t-1a_b").unwrap();
         assert_eq!(s.stream_in(), "T_1A_B_IN");
         assert_eq!(s.consumer_persist(), "T_1A_B_PERSIST");
+    }
+
+    #[test]
+    fn partitions_are_named_from_the_prefix() {
+        let s = Subjects::new("parley").unwrap();
+        assert_eq!(
+            s.partition_transform(16),
+            (
+                "parley.in.*.*".to_owned(),
+                "parley.part.{{partition(16,2)}}.{{wildcard(1)}}.{{wildcard(2)}}".to_owned()
+            )
+        );
+        assert_eq!(s.partition_filter(3), "parley.part.3.>");
+        assert_eq!(s.consumer_partition(15), "PARLEY_PERSIST_15");
+    }
+
+    #[test]
+    fn stored_command_subjects_are_read_back() {
+        let s = Subjects::new("t-1").unwrap();
+        let c = Uuid::now_v7();
+        assert_eq!(
+            s.parse_command(&format!("t-1.part.7.msg.{c}")),
+            Ok(CommandSubject {
+                partition: 7,
+                kind: CommandKind::Send,
+                conversation: c
+            })
+        );
+        assert_eq!(
+            s.parse_command(&format!("t-1.part.0.read.{c}"))
+                .unwrap()
+                .kind,
+            CommandKind::Read
+        );
+        for bad in [
+            format!("t-1.in.msg.{c}"),
+            format!("t-2.part.0.msg.{c}"),
+            format!("t-1.part.x.msg.{c}"),
+            format!("t-1.part.0.edit.{c}"),
+            format!("t-1.part.0.msg.{c}.extra"),
+            "t-1.part.0.msg.not-a-uuid".to_owned(),
+            "t-1.part.0.msg".to_owned(),
+            String::new(),
+        ] {
+            let refused = s.parse_command(&bad).unwrap_err();
+            assert!(refused.0.contains(&bad), "{bad:?}: {refused}");
+        }
     }
 
     #[test]

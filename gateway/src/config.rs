@@ -94,9 +94,7 @@ impl GatewayConfig {
             port: port(env, "PORT", 3000)?,
             host: env.string_or("HOST", "0.0.0.0"),
             nats: NatsConfig::from_env(env)?,
-            streams: StreamSettings {
-                replicas: env.parse_or("PARLEY_STREAM_REPLICAS", 1)?,
-            },
+            streams: StreamSettings::from_env(env)?,
             auth: VerifierConfig::from_env(env)?,
             limits,
             drain_timeout: Duration::from_secs(env.parse_or("PARLEY_DRAIN_SECONDS", 20)?),

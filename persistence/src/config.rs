@@ -14,8 +14,10 @@ pub struct PersistenceConfig {
     pub streams: StreamSettings,
     /// The most commands written in one transaction (`PARLEY_PERSIST_BATCH`).
     pub batch_size: usize,
-    /// Commands handed to this consumer and not yet acked, across all replicas.
+    /// Commands of one partition handed to its owner and not yet acked.
     pub max_ack_pending: i64,
+    /// The most partitions writing a transaction at once (`PARLEY_PERSIST_PARALLEL`).
+    pub parallel: usize,
     /// How long the broker waits for an ack before redelivering.
     pub ack_wait: Duration,
 }
@@ -29,17 +31,28 @@ impl PersistenceConfig {
                 reason: format!("{batch_size}: expected 1 to 10000"),
             });
         }
+        let pool_size: u32 = env.parse_or("DATABASE_POOL_SIZE", 10)?;
+        // Leaves a connection or two for the chat queries.
+        let parallel: usize = env.parse_or(
+            "PARLEY_PERSIST_PARALLEL",
+            (pool_size as usize).saturating_sub(2).max(1),
+        )?;
+        if parallel == 0 {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_PERSIST_PARALLEL",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(Self {
             database_url: env.secret("DATABASE_URL").ok_or(ConfigError::Missing {
                 name: "DATABASE_URL",
             })?,
-            pool_size: env.parse_or("DATABASE_POOL_SIZE", 10)?,
+            pool_size,
             nats: NatsConfig::from_env(env)?,
-            streams: StreamSettings {
-                replicas: env.parse_or("PARLEY_STREAM_REPLICAS", 1)?,
-            },
+            streams: StreamSettings::from_env(env)?,
             batch_size,
             max_ack_pending: 20_000,
+            parallel,
             ack_wait: Duration::from_secs(env.parse_or("PARLEY_ACK_WAIT_SECONDS", 30)?),
         })
     }

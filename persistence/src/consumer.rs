@@ -1,20 +1,30 @@
-//! The batch consumer of `PARLEY_IN` (DESIGN §2).
+//! The partitioned consumer of `PARLEY_IN` (DESIGN §2, docs/durability.md).
 //!
-//! Whatever commands are ready (up to the batch size) are written in one Postgres transaction:
-//! lock the conversations, find the commands already stored (a client retry after the broker's
-//! dedupe window, or a redelivery after a crash), hand each new message the next seq of its
-//! conversation, insert them all in one statement. After the commit, every participant is
-//! told, NATS is flushed, and only then are the commands acked. A crash anywhere before the
-//! ack redelivers the batch, and the second pass finds the rows and re-announces them with
-//! their original id and seq: stored once, never lost.
+//! The stream stores each command under its conversation's partition, and each partition has
+//! a durable consumer of its own whose priority group pins one pulling client at a time. This
+//! replica pulls the partitions [`ownership`](crate::ownership) assigns to it, each in a loop of
+//! its own: partitions are written in parallel, one partition strictly in stream order.
+//!
+//! Within a partition, whatever commands are ready (up to the batch size) are written in one
+//! Postgres transaction: lock the conversations, find the commands already stored (a client
+//! retry after the broker's dedupe window, or a redelivery after a crash), plan the batch
+//! ([`plan`](crate::plan)), insert it. After the commit every participant is told, NATS is
+//! flushed, and only then are the commands acked. The next batch's transaction may run while
+//! the previous batch is announced and acked; it commits after it, and is announced after it. A
+//! crash anywhere before the ack redelivers the batch, and the next pass finds the rows and
+//! re-announces them with their original id and seq: stored once, never lost.
+//!
+//! A new owner of a partition (a takeover after a crash, a handover, a pin that moved) writes
+//! nothing until no command of the partition is still in another replica's hands: until the
+//! consumer's count of unacknowledged commands is what this replica holds. Commands a dead
+//! owner held come back after the ack wait and are written first, in order.
 //!
 //! When Postgres is down the batch is held and retried with backoff (telling the broker the work
-//! is in progress, so it is not handed to another replica), and no new pull request is made
-//! until it is written: one pull at a time, of at most one batch.
+//! is in progress, so it is not handed out again), and whatever else arrives joins it in order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, AckKind, consumer::PullConsumer, consumer::pull};
 use bytes::Bytes;
@@ -23,12 +33,13 @@ use futures::{FutureExt, StreamExt};
 use opentelemetry::trace::TraceContextExt;
 use parley_common::domain::Content;
 use parley_common::nats::deliver;
-use parley_common::subjects::Subjects;
+use parley_common::subjects::{CommandKind, Subjects};
 use parley_common::wire::{
-    ConversationKind, ErrorCode, ErrorEvent, Message, ReadCommand, ReadEvent, SendCommand,
-    ServerEvent,
+    ConversationKind, ErrorCode, ErrorEvent, Message, ReadEvent, SendCommand, ServerEvent,
 };
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -38,6 +49,8 @@ use crate::chat::{HARD_MAX_CONTENT_CHARS, now_micros};
 use crate::config::PersistenceConfig;
 use crate::error::{Error, Result};
 use crate::metrics::PersistenceMetrics;
+use crate::ownership::{self, HEARTBEAT_EVERY, Heartbeat, Membership};
+use crate::plan::{self, Command, Planned};
 use crate::store::{conversations, messages};
 
 /// Header on a dead-lettered command naming why it can never succeed.
@@ -45,131 +58,621 @@ pub const DLQ_REASON_HEADER: &str = "Parley-Dlq-Reason";
 /// Header on a dead-lettered command naming the subject it came from.
 pub const DLQ_SUBJECT_HEADER: &str = "Parley-Dlq-Subject";
 
-/// Creates the durable consumer replicas share, or finds it.
-pub async fn create(config: &PersistenceConfig, js: &jetstream::Context) -> Result<PullConsumer> {
+/// The priority group every partition consumer pins one client of.
+pub const PRIORITY_GROUP: &str = "persist";
+
+/// How long one pull request waits before it is renewed; well under [`PRIORITY_TIMEOUT`].
+const PULL_EXPIRES: Duration = Duration::from_secs(4);
+/// The server's heartbeat on an idle pull, so a lost pull request is noticed and renewed.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// A pinned client that stops pulling for this long loses its pin.
+const PRIORITY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often an owner looks at its partition's consumer when it has nothing to do.
+const CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// One partition's durable consumer.
+#[derive(Clone)]
+pub struct Partition {
+    pub number: u16,
+    pub name: String,
+    pub consumer: PullConsumer,
+}
+
+/// `PARLEY_IN` and the consumers of its partitions.
+#[derive(Clone)]
+pub struct Consumers {
+    pub stream: jetstream::stream::Stream,
+    pub partitions: Vec<Partition>,
+}
+
+/// Creates each partition's durable consumer, or finds it and brings its editable settings to
+/// this configuration. Removes the single consumer of the stream from before partitions and
+/// the consumers of partitions the stream no longer has (the stream was empty when its
+/// partition count changed: `ensure_streams` sees to that).
+pub async fn create(config: &PersistenceConfig, js: &jetstream::Context) -> Result<Consumers> {
     let subjects = &config.nats.prefix;
     let stream = js
         .get_stream(subjects.stream_in())
         .await
         .map_err(Error::nats)?;
-    // `create_consumer` also brings an existing durable consumer's editable settings (ack wait,
-    // max ack pending) to this configuration.
-    stream
-        .create_consumer(pull::Config {
-            durable_name: Some(subjects.consumer_persist()),
-            description: Some("Parley persistence: writes commands to Postgres".into()),
-            ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: config.ack_wait,
-            // -1: redeliver for ever. A command that can never succeed is dead-lettered by
-            // us with its reason; one that waits for the database must not be dropped.
-            max_deliver: -1,
-            max_ack_pending: config.max_ack_pending,
-            ..Default::default()
-        })
-        .await
-        .map_err(Error::nats)
+    let wanted: BTreeSet<String> = (0..config.streams.partitions)
+        .map(|p| subjects.consumer_partition(p))
+        .collect();
+    let mut names = stream.consumer_names();
+    let mut stale = Vec::new();
+    while let Some(name) = names.next().await {
+        let name = name.map_err(Error::nats)?;
+        let ours = name == subjects.consumer_persist()
+            || name.starts_with(&format!("{}_", subjects.consumer_persist()));
+        if ours && !wanted.contains(&name) {
+            stale.push(name);
+        }
+    }
+    for name in stale {
+        tracing::info!(consumer = %name, "removing a consumer of a former partitioning");
+        stream.delete_consumer(&name).await.map_err(Error::nats)?;
+    }
+    let mut partitions = Vec::with_capacity(wanted.len());
+    for number in 0..config.streams.partitions {
+        let name = subjects.consumer_partition(number);
+        let consumer = stream
+            .create_consumer(pull::Config {
+                durable_name: Some(name.clone()),
+                description: Some(format!(
+                    "Parley persistence: writes partition {number} to Postgres"
+                )),
+                filter_subject: subjects.partition_filter(number),
+                ack_policy: jetstream::consumer::AckPolicy::Explicit,
+                ack_wait: config.ack_wait,
+                // -1: redeliver for ever. A command that can never succeed is dead-lettered by
+                // us with its reason; one that waits for the database must not be dropped.
+                max_deliver: -1,
+                max_ack_pending: config.max_ack_pending,
+                priority_policy: jetstream::consumer::PriorityPolicy::PinnedClient,
+                priority_groups: vec![PRIORITY_GROUP.to_owned()],
+                priority_timeout: PRIORITY_TIMEOUT,
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::nats)?;
+        partitions.push(Partition {
+            number,
+            name,
+            consumer,
+        });
+    }
+    Ok(Consumers { stream, partitions })
 }
 
-/// Runs the consumer until `shutdown` is cancelled. The batch in hand when that happens is
-/// finished and acked first.
+/// Runs this replica's share of the partitions until `shutdown` is cancelled: announces itself,
+/// follows the other replicas, and starts or releases partitions as the assignment changes. At
+/// shutdown every partition finishes and acks what it committed, hands back what it holds, and
+/// the replica says it is leaving, so the others take over at once.
 pub async fn run(
     config: &PersistenceConfig,
-    consumer: PullConsumer,
+    consumers: Consumers,
     js: jetstream::Context,
     pool: PgPool,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let writer = Writer {
-        js,
+    let writer = Arc::new(Writer {
+        js: js.clone(),
         pool,
         subjects: config.nats.prefix.clone(),
-        shutdown: shutdown.clone(),
         metrics: PersistenceMetrics::get(),
+        batch_size: config.batch_size,
+        parallel: Semaphore::new(config.parallel),
+    });
+    let nats = js.client();
+    let subject = writer.subjects.ctl_persist_replicas();
+    let mut beats = nats.subscribe(subject.clone()).await.map_err(Error::nats)?;
+    let me = Uuid::new_v4().simple().to_string();
+    let mut membership = Membership::new(&me);
+    let beat = |leaving| -> Bytes {
+        serde_json::to_vec(&Heartbeat {
+            replica: me.clone(),
+            leaving,
+        })
+        .expect("a heartbeat serialises")
+        .into()
     };
-    tracing::info!(consumer = %writer.subjects.consumer_persist(), "persistence consumer started");
+    tracing::info!(replica = %me, partitions = consumers.partitions.len(), "persistence consumer started");
 
-    let mut backoff = Backoff::default();
-    while !shutdown.is_cancelled() {
-        // One pull request at a time, for at most a batch: nothing more is handed to this
-        // replica while it writes (or holds, in an outage) what it has, so the rest of the
-        // stream stays available to other replicas and keeps its order.
-        let pull = match consumer
-            .batch()
-            .max_messages(config.batch_size)
-            .expires(PULL_EXPIRES)
-            .messages()
-            .await
-        {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot pull from the stream, retrying");
-                backoff.wait(&shutdown).await;
-                continue;
+    let mut running: HashMap<u16, Owned> = HashMap::new();
+    // Before the first assignment, listen a little longer than a heartbeat: a replica that
+    // started alone would otherwise take every partition and give most back a second later.
+    let settled_at = Instant::now() + HEARTBEAT_EVERY + HEARTBEAT_EVERY / 2;
+    let mut tick = tokio::time::interval(HEARTBEAT_EVERY / 2);
+    let mut last_beat = Instant::now() - HEARTBEAT_EVERY;
+    loop {
+        let changed = tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                if last_beat.elapsed() >= HEARTBEAT_EVERY {
+                    if let Err(e) = nats.publish(subject.clone(), beat(false)).await {
+                        tracing::debug!(error = %e, "cannot send a heartbeat");
+                    }
+                    last_beat = Instant::now();
+                }
+                true
+            }
+            msg = beats.next() => {
+                let Some(msg) = msg else {
+                    tracing::error!("the heartbeat subscription ended");
+                    break;
+                };
+                match serde_json::from_slice::<Heartbeat>(&msg.payload) {
+                    Ok(heard) => membership.observe(&heard, Instant::now()),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ignoring a malformed replica heartbeat");
+                        false
+                    }
+                }
             }
         };
-        let mut chunks = pull.ready_chunks(config.batch_size);
-        let mut failed = false;
-        loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => break,
-                next = chunks.next() => next,
-            };
-            let Some(items) = next else { break };
-            let batch = collect(items, &mut failed);
-            if !batch.is_empty() {
-                backoff.reset();
-                writer.handle(batch, &mut chunks).await;
-            }
-        }
-        if failed && !shutdown.is_cancelled() {
-            backoff.wait(&shutdown).await;
+        if changed && Instant::now() >= settled_at {
+            let live = membership.live(Instant::now());
+            let mine = ownership::owned_by(config.streams.partitions, &live, &me);
+            reassign(&writer, &consumers, &mut running, &mine, live.len());
         }
     }
+
+    for owned in running.values() {
+        owned.release.cancel();
+    }
+    for (_, owned) in running.drain() {
+        if let Err(e) = owned.task.await {
+            tracing::error!(error = %e, "a partition task failed");
+        }
+    }
+    if let Err(e) = nats.publish(subject, beat(true)).await {
+        tracing::debug!(error = %e, "cannot say this replica is leaving");
+    }
+    let _ = nats.flush().await;
     tracing::info!("persistence consumer stopped");
     Ok(())
 }
 
-/// How long one pull request waits for messages before it is renewed.
-const PULL_EXPIRES: Duration = Duration::from_secs(10);
+/// A partition this replica runs (or is releasing).
+struct Owned {
+    release: CancellationToken,
+    task: JoinHandle<()>,
+}
 
-type PullItem = std::result::Result<jetstream::Message, async_nats::Error>;
+/// Starts the partitions in `mine` that are not running, and releases those running that are
+/// not in it. A partition released and wanted again starts once its release has finished.
+fn reassign(
+    writer: &Arc<Writer>,
+    consumers: &Consumers,
+    running: &mut HashMap<u16, Owned>,
+    mine: &BTreeSet<u16>,
+    replicas: usize,
+) {
+    let current: BTreeSet<u16> = running
+        .iter()
+        .filter(|(_, o)| !o.release.is_cancelled())
+        .map(|(p, _)| *p)
+        .collect();
+    if &current == mine {
+        return;
+    }
+    tracing::info!(owned = ?mine, replicas, "partition assignment changed");
+    for (p, owned) in running.iter() {
+        if !mine.contains(p) {
+            owned.release.cancel();
+        }
+    }
+    for &p in mine {
+        if current.contains(&p) {
+            continue;
+        }
+        let before = running.remove(&p).map(|o| o.task);
+        let release = CancellationToken::new();
+        let partition = consumers.partitions[usize::from(p)].clone();
+        let (writer, stream, token) = (writer.clone(), consumers.stream.clone(), release.clone());
+        let task = tokio::spawn(async move {
+            if let Some(before) = before {
+                let _ = before.await;
+            }
+            own(writer, partition, stream, token).await;
+        });
+        running.insert(p, Owned { release, task });
+    }
+    // Forget releases that have finished.
+    running.retain(|p, o| mine.contains(p) || !o.task.is_finished());
+}
 
-/// What else the current pull delivers, while a batch is in hand.
-type MoreMessages<'a> = dyn futures::Stream<Item = Vec<PullItem>> + Send + Unpin + 'a;
+/// Writes one partition until `release`; then hands it back (see [`Owner::release`]).
+async fn own(
+    writer: Arc<Writer>,
+    partition: Partition,
+    stream: jetstream::stream::Stream,
+    release: CancellationToken,
+) {
+    let owned = writer.metrics.partition_owned(partition.number);
+    owned.set(1);
+    let mut owner = Owner {
+        writer: writer.clone(),
+        partition,
+        stream,
+        next_delivery: None,
+        verified: false,
+        held: Vec::new(),
+        in_flight: None,
+        received: false,
+        delivered: 0,
+    };
+    let mut backoff = Backoff::default();
+    while !release.is_cancelled() {
+        let pull = owner
+            .partition
+            .consumer
+            .stream()
+            .group(PRIORITY_GROUP)
+            .max_messages_per_batch(writer.batch_size)
+            .expires(PULL_EXPIRES)
+            .heartbeat(PULL_HEARTBEAT)
+            .messages()
+            .await;
+        match pull {
+            Ok(pull) => {
+                let mut chunks = pull.ready_chunks(writer.batch_size);
+                let released = owner.pull(&mut chunks, &release).await;
+                if released {
+                    owner.release(&mut chunks).await;
+                    break;
+                }
+                if owner.delivered > 0 {
+                    backoff = Backoff::default();
+                }
+                owner.delivered = 0;
+            }
+            Err(e) => {
+                tracing::warn!(partition = owner.partition.number, error = %e, "cannot pull, retrying")
+            }
+        }
+        backoff.wait(&release).await;
+    }
+    owner.finish_in_flight().await;
+    owned.set(0);
+}
 
-/// The messages of a chunk; errors are logged and noted in `failed`.
-fn collect(items: Vec<PullItem>, failed: &mut bool) -> Vec<jetstream::Message> {
+type PullItem = std::result::Result<jetstream::Message, pull::MessagesError>;
+
+/// A partition's pull, in chunks of what is ready.
+type Chunks = futures::stream::ReadyChunks<pull::Stream>;
+
+/// The state of one owned partition.
+struct Owner {
+    writer: Arc<Writer>,
+    partition: Partition,
+    stream: jetstream::stream::Stream,
+    /// The consumer sequence the next delivery should carry: deliveries this replica did not
+    /// see in between went to someone else.
+    next_delivery: Option<u64>,
+    /// No command of the partition is in another replica's hands.
+    verified: bool,
+    /// Commands received and not yet written, waiting for `verified` (or for a database).
+    held: Vec<jetstream::Message>,
+    /// The previous batch's announcements and acks.
+    in_flight: Option<JoinHandle<()>>,
+    /// Whether anything arrived since the last check.
+    received: bool,
+    /// Commands received on the current pull.
+    delivered: u64,
+}
+
+impl Owner {
+    /// Writes what the pull delivers until `release` (true) or the pull ends or fails (false:
+    /// pull again).
+    async fn pull(&mut self, chunks: &mut Chunks, release: &CancellationToken) -> bool {
+        let start = tokio::time::Instant::now() + CHECK_EVERY;
+        let mut check = tokio::time::interval_at(start, CHECK_EVERY);
+        loop {
+            tokio::select! {
+                biased;
+                () = release.cancelled() => return true,
+                _ = check.tick() => self.check(chunks, release).await,
+                next = chunks.next() => {
+                    let Some(items) = next else { return false };
+                    let (batch, failed) = collect(items);
+                    if !batch.is_empty() {
+                        self.received = true;
+                        self.delivered += batch.len() as u64;
+                        self.take(batch, chunks, release).await;
+                    }
+                    if failed {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes a chunk: notes whether deliveries were missed, then writes what it holds if no
+    /// command of the partition is elsewhere.
+    async fn take(
+        &mut self,
+        batch: Vec<jetstream::Message>,
+        chunks: &mut Chunks,
+        release: &CancellationToken,
+    ) {
+        for msg in &batch {
+            if let Ok(info) = msg.info() {
+                if self.next_delivery != Some(info.consumer_sequence) {
+                    self.verified = false;
+                }
+                self.next_delivery = Some(info.consumer_sequence + 1);
+                if info.delivered > 1 {
+                    self.writer.metrics.redeliveries.inc();
+                }
+            }
+        }
+        self.held.extend(batch);
+        self.write_held(chunks, release).await;
+    }
+
+    /// Writes the held commands in stream order, once it is safe to.
+    async fn write_held(&mut self, chunks: &mut Chunks, release: &CancellationToken) {
+        if self.held.is_empty() {
+            return;
+        }
+        if !self.verified {
+            self.finish_in_flight().await;
+            if !self.verify().await {
+                for msg in &self.held {
+                    let _ = msg.ack_with(AckKind::Progress).await;
+                }
+                return;
+            }
+            self.verified = true;
+        }
+        let batch = in_stream_order(std::mem::take(&mut self.held));
+        let span = tracing::info_span!(
+            "persist.batch",
+            partition = self.partition.number,
+            commands = batch.len()
+        );
+        for msg in &batch {
+            parley_common::trace::link(&span, msg.headers.as_ref());
+        }
+        let parsed = self.writer.parse_all(batch).instrument(span.clone()).await;
+        let Some(done) = Box::pin(self.write(parsed, chunks, release))
+            .instrument(span.clone())
+            .await
+        else {
+            return;
+        };
+        // Announced after the previous batch, while the next one is written.
+        let before = self.in_flight.take();
+        if let Some(before) = before {
+            let _ = before.await;
+        }
+        let writer = self.writer.clone();
+        self.in_flight = Some(tokio::spawn(
+            async move { writer.finish(done).await }.instrument(span),
+        ));
+    }
+
+    /// True when every unacknowledged command of the partition is in this replica's hands, so
+    /// nothing older than what it holds can still be written by someone else.
+    async fn verify(&self) -> bool {
+        let held: BTreeSet<u64> = self
+            .held
+            .iter()
+            .filter_map(|m| m.info().ok().map(|i| i.stream_sequence))
+            .collect();
+        match self.partition.consumer.get_info().await {
+            Ok(info) if info.num_ack_pending <= held.len() => true,
+            Ok(info) => {
+                tracing::info!(
+                    partition = self.partition.number,
+                    elsewhere = info.num_ack_pending - held.len(),
+                    "waiting for commands a previous owner held"
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!(partition = self.partition.number, error = %e, "cannot read the partition's consumer");
+                false
+            }
+        }
+    }
+
+    /// Every [`CHECK_EVERY`]: retries what waits for [`Owner::verify`]; and when nothing
+    /// arrived although commands wait, takes the pin from whoever holds it (a replica that
+    /// died, or one that no longer owns the partition), since this replica is the owner.
+    async fn check(&mut self, chunks: &mut Chunks, release: &CancellationToken) {
+        let received = std::mem::take(&mut self.received);
+        if !self.held.is_empty() && !self.verified {
+            self.write_held(chunks, release).await;
+            return;
+        }
+        if received {
+            return;
+        }
+        let Ok(info) = self.partition.consumer.get_info().await else {
+            return;
+        };
+        let full =
+            i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX) >= info.config.max_ack_pending;
+        if info.num_pending > 0 && !full {
+            tracing::info!(
+                partition = self.partition.number,
+                waiting = info.num_pending,
+                "commands wait but none arrive: taking the pin"
+            );
+            self.unpin().await;
+        }
+    }
+
+    async fn unpin(&self) {
+        if let Err(e) = self
+            .stream
+            .unpin_consumer(&self.partition.name, PRIORITY_GROUP)
+            .await
+        {
+            tracing::debug!(partition = self.partition.number, error = %e, "cannot unpin");
+        }
+    }
+
+    /// Waits for the previous batch's announcements and acks.
+    async fn finish_in_flight(&mut self) {
+        if let Some(task) = self.in_flight.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// Hands the partition back: what was received and not written goes back to the broker
+    /// (nak: redelivered at once to the next owner, before anything newer), the pin is
+    /// released so the next owner is pinned now, and the last batch is announced and acked.
+    async fn release(&mut self, chunks: &mut Chunks) {
+        while let Some(Some(items)) = chunks.next().now_or_never() {
+            self.held.extend(collect(items).0);
+        }
+        for msg in self.held.drain(..) {
+            let _ = msg.ack_with(AckKind::Nak(None)).await;
+        }
+        self.unpin().await;
+        self.finish_in_flight().await;
+        tracing::info!(partition = self.partition.number, "partition released");
+    }
+    /// Writes `parsed` (in stream order) and returns each command with its outcome, for
+    /// [`Writer::finish`]. While the database is down the batch is held, kept alive with
+    /// progress acks, and joined by whatever else the pull delivers; when the partition is
+    /// released meanwhile, it goes back to the broker. A batch that fails for a reason of its
+    /// own is written one command at a time, so only the faulty one is dead-lettered.
+    async fn write(
+        &mut self,
+        mut parsed: Vec<Parsed>,
+        chunks: &mut Chunks,
+        release: &CancellationToken,
+    ) -> Option<Vec<(Parsed, Outcome)>> {
+        if parsed.is_empty() {
+            return None;
+        }
+        let mut backoff = Backoff::default();
+        loop {
+            let written = {
+                let _permit = self.writer.parallel.acquire().await;
+                let started = Instant::now();
+                let written = self
+                    .writer
+                    .write(&parsed)
+                    .instrument(tracing::info_span!("db.write", commands = parsed.len()))
+                    .await;
+                self.writer
+                    .metrics
+                    .batch_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                written
+            };
+            match written {
+                Ok(outcomes) => {
+                    self.writer.metrics.batch_size.observe(parsed.len() as f64);
+                    return Some(parsed.into_iter().zip(outcomes).collect());
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(partition = self.partition.number, error = %e, batch = parsed.len(), "database unavailable, holding the batch");
+                    if release.is_cancelled() {
+                        for p in &parsed {
+                            let _ = p.msg.ack_with(AckKind::Nak(None)).await;
+                        }
+                        return None;
+                    }
+                    let mut arrived = Vec::new();
+                    while let Some(Some(items)) = chunks.next().now_or_never() {
+                        arrived.extend(collect(items).0);
+                    }
+                    let known: BTreeSet<u64> =
+                        parsed.iter().filter_map(|p| p.stream_sequence()).collect();
+                    arrived.retain(|m| m.info().is_ok_and(|i| !known.contains(&i.stream_sequence)));
+                    parsed.extend(self.writer.parse_all(in_stream_order(arrived)).await);
+                    for p in &parsed {
+                        let _ = p.msg.ack_with(AckKind::Progress).await;
+                    }
+                    backoff.wait(release).await;
+                }
+                Err(e) if parsed.len() > 1 => {
+                    tracing::warn!(partition = self.partition.number, error = %e, batch = parsed.len(), "batch failed, retrying one by one");
+                    let mut done = Vec::with_capacity(parsed.len());
+                    for p in parsed {
+                        if let Some(one) = Box::pin(self.write(vec![p], chunks, release)).await {
+                            done.extend(one);
+                        }
+                    }
+                    return Some(done);
+                }
+                Err(e) => {
+                    let p = &parsed[0];
+                    tracing::error!(error = %e, "command cannot be stored");
+                    if let Command::Send(cmd) = &p.cmd {
+                        self.writer
+                            .tell_sender(
+                                cmd,
+                                ErrorCode::Invalid,
+                                "the message cannot be stored; do not retry it",
+                            )
+                            .await;
+                    }
+                    self.writer
+                        .dead_letter(&p.msg, &format!("cannot be stored: {e}"))
+                        .await;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+/// The messages of a chunk, and whether the pull reported an error (logged here).
+fn collect(items: Vec<PullItem>) -> (Vec<jetstream::Message>, bool) {
     let mut batch = Vec::with_capacity(items.len());
+    let mut failed = false;
     for item in items {
         match item {
             Ok(m) => batch.push(m),
             Err(e) => {
-                *failed = true;
+                failed = true;
                 tracing::warn!(error = %e, "pull error");
             }
         }
     }
-    batch
+    (batch, failed)
 }
 
-/// Exponential backoff from 100 ms to 5 s, cut short by shutdown.
+/// Commands sorted by stream sequence, each once (the latest delivery of a redelivered one).
+fn in_stream_order(mut batch: Vec<jetstream::Message>) -> Vec<jetstream::Message> {
+    let seq = |m: &jetstream::Message| m.info().map(|i| i.stream_sequence).unwrap_or(0);
+    // Stable: for one sequence, later deliveries stay after earlier ones.
+    batch.sort_by_key(seq);
+    let mut out: Vec<jetstream::Message> = Vec::with_capacity(batch.len());
+    for msg in batch {
+        if out
+            .last()
+            .is_some_and(|last| seq(last) == seq(&msg) && seq(&msg) != 0)
+        {
+            out.pop();
+        }
+        out.push(msg);
+    }
+    out
+}
+
+/// Exponential backoff from 100 ms to 5 s, cut short by `stop`.
 #[derive(Default)]
 struct Backoff {
     attempt: u32,
 }
 
 impl Backoff {
-    async fn wait(&mut self, shutdown: &CancellationToken) {
+    async fn wait(&mut self, stop: &CancellationToken) {
         let ms = (100u64 << self.attempt.min(6)).min(5_000);
         self.attempt += 1;
         tokio::select! {
-            () = shutdown.cancelled() => {}
+            () = stop.cancelled() => {}
             () = tokio::time::sleep(Duration::from_millis(ms)) => {}
         }
-    }
-
-    fn reset(&mut self) {
-        self.attempt = 0;
     }
 }
 
@@ -177,8 +680,10 @@ struct Writer {
     js: jetstream::Context,
     pool: PgPool,
     subjects: Subjects,
-    shutdown: CancellationToken,
     metrics: Arc<PersistenceMetrics>,
+    batch_size: usize,
+    /// Bounds the partitions writing a transaction at once.
+    parallel: Semaphore,
 }
 
 /// A command read from the stream and checked.
@@ -187,18 +692,9 @@ struct Parsed {
     cmd: Command,
 }
 
-/// What `PARLEY_IN` carries.
-enum Command {
-    Send(SendCommand),
-    Read(ReadCommand),
-}
-
-impl Command {
-    fn conversation_id(&self) -> Uuid {
-        match self {
-            Command::Send(c) => c.conversation_id,
-            Command::Read(c) => c.conversation_id,
-        }
+impl Parsed {
+    fn stream_sequence(&self) -> Option<u64> {
+        self.msg.info().ok().map(|i| i.stream_sequence)
     }
 }
 
@@ -221,88 +717,10 @@ enum Outcome {
 }
 
 impl Writer {
-    /// Handles one batch from the stream: every message in it ends acked, dead-lettered, or
-    /// left for redelivery (only when shutting down during an outage). While the database is
-    /// down, whatever else the pull delivers (`more`) joins the held batch, so it too is kept
-    /// alive with progress acks and is written in order once the database returns.
-    ///
-    /// The batch has a span of its own, linked to the trace of each message in it.
-    async fn handle(&self, batch: Vec<jetstream::Message>, more: &mut MoreMessages<'_>) {
-        let span = tracing::info_span!("persist.batch", commands = batch.len());
-        for msg in &batch {
-            parley_common::trace::link(&span, msg.headers.as_ref());
-        }
-        self.handle_in_span(batch, more).instrument(span).await;
-    }
-
-    async fn handle_in_span(&self, batch: Vec<jetstream::Message>, more: &mut MoreMessages<'_>) {
-        let mut parsed = self.parse_all(batch).await;
-        if parsed.is_empty() {
-            return;
-        }
-        let mut backoff = Backoff::default();
-        loop {
-            let written = self
-                .write(&parsed)
-                .instrument(tracing::info_span!("db.write", commands = parsed.len()))
-                .await;
-            match written {
-                Ok(outcomes) => {
-                    self.metrics.batch_size.observe(parsed.len() as f64);
-                    self.finish(&parsed, outcomes).await;
-                    return;
-                }
-                Err(e) if e.is_transient() => {
-                    tracing::warn!(error = %e, batch = parsed.len(), "database unavailable, holding the batch");
-                    if self.shutdown.is_cancelled() {
-                        // Unacked, so the broker redelivers after ack_wait: nothing is lost.
-                        return;
-                    }
-                    let mut ignored = false;
-                    while let Some(Some(items)) = more.next().now_or_never() {
-                        let arrived = collect(items, &mut ignored);
-                        parsed.extend(self.parse_all(arrived).await);
-                    }
-                    for p in &parsed {
-                        let _ = p.msg.ack_with(AckKind::Progress).await;
-                    }
-                    backoff.wait(&self.shutdown).await;
-                }
-                Err(e) if parsed.len() > 1 => {
-                    // Something in the batch is at fault: write the commands one at a time so
-                    // only the faulty one is dead-lettered.
-                    tracing::warn!(error = %e, batch = parsed.len(), "batch failed, retrying one by one");
-                    for p in parsed {
-                        Box::pin(self.handle(vec![p.msg], &mut futures::stream::empty())).await;
-                    }
-                    return;
-                }
-                Err(e) => {
-                    let p = &parsed[0];
-                    tracing::error!(error = %e, "command cannot be stored");
-                    if let Command::Send(cmd) = &p.cmd {
-                        self.tell_sender(
-                            cmd,
-                            ErrorCode::Invalid,
-                            "the message cannot be stored; do not retry it",
-                        )
-                        .await;
-                    }
-                    self.dead_letter(&p.msg, &format!("cannot be stored: {e}"))
-                        .await;
-                    return;
-                }
-            }
-        }
-    }
-
     /// Parses each message; those that can never be commands are dead-lettered.
     async fn parse_all(&self, batch: Vec<jetstream::Message>) -> Vec<Parsed> {
         let mut parsed = Vec::with_capacity(batch.len());
         for msg in batch {
-            if msg.info().is_ok_and(|i| i.delivered > 1) {
-                self.metrics.redeliveries.inc();
-            }
             match self.parse(&msg) {
                 Ok(cmd) => parsed.push(Parsed { msg, cmd }),
                 Err((reason, cmd)) => {
@@ -340,21 +758,20 @@ impl Writer {
         &self,
         msg: &jetstream::Message,
     ) -> std::result::Result<Command, (String, Option<Box<Command>>)> {
-        let unsupported = || (format!("unsupported command subject {}", msg.subject), None);
-        let rest = msg
-            .subject
-            .as_str()
-            .strip_prefix(self.subjects.prefix())
-            .and_then(|r| r.strip_prefix(".in."))
-            .ok_or_else(unsupported)?;
-        let (kind, conversation) = rest.split_once('.').ok_or_else(unsupported)?;
+        let subject = self
+            .subjects
+            .parse_command(msg.subject.as_str())
+            .map_err(|e| (e.0, None))?;
         let malformed = |e: serde_json::Error| (format!("malformed command: {e}"), None);
-        let cmd = match kind {
-            "msg" => Command::Send(serde_json::from_slice(&msg.payload).map_err(malformed)?),
-            "read" => Command::Read(serde_json::from_slice(&msg.payload).map_err(malformed)?),
-            _ => return Err(unsupported()),
+        let cmd = match subject.kind {
+            CommandKind::Send => {
+                Command::Send(serde_json::from_slice(&msg.payload).map_err(malformed)?)
+            }
+            CommandKind::Read => {
+                Command::Read(serde_json::from_slice(&msg.payload).map_err(malformed)?)
+            }
         };
-        if conversation != cmd.conversation_id().to_string() {
+        if subject.conversation != cmd.conversation_id() {
             return Err((
                 "subject and conversationId disagree".into(),
                 Some(Box::new(cmd)),
@@ -375,17 +792,28 @@ impl Writer {
         Ok(cmd)
     }
 
-    /// The transaction: one round of locks, one duplicate lookup, one insert, one update.
+    /// The transaction: one round of locks, one duplicate lookup, the plan, one insert, one
+    /// update, and the read positions.
     async fn write(&self, batch: &[Parsed]) -> Result<Vec<Outcome>> {
         let mut tx = self.pool.begin().await?;
 
         let mut ids: Vec<Uuid> = batch.iter().map(|p| p.cmd.conversation_id()).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut locked: HashMap<Uuid, conversations::Locked> = conversations::lock(&mut tx, &ids)
+        let locked: HashMap<Uuid, plan::Conversation> = conversations::lock(&mut tx, &ids)
             .await?
             .into_iter()
-            .map(|c| (c.id, c))
+            .map(|c| {
+                let direct = c.kind == ConversationKind::Direct.as_str();
+                (
+                    c.id,
+                    plan::Conversation {
+                        participant_ids: c.participant_ids,
+                        last_seq: c.last_seq,
+                        direct,
+                    },
+                )
+            })
             .collect();
 
         let sends = || {
@@ -396,101 +824,52 @@ impl Writer {
         };
         let senders: Vec<&str> = sends().map(|c| c.sender_id.as_str()).collect();
         let client_ids: Vec<&str> = sends().map(|c| c.client_msg_id.as_str()).collect();
-        let mut known: HashMap<(String, String), Message> =
-            messages::find_by_client_ids(&mut tx, &senders, &client_ids)
-                .await?
-                .into_iter()
-                .map(|m| ((m.sender_id.clone(), m.client_msg_id.clone()), m))
-                .collect();
+        let stored = messages::find_by_client_ids(&mut tx, &senders, &client_ids).await?;
 
         let now = now_micros();
-        let mut inserts: Vec<Message> = Vec::new();
-        // When each new message was accepted, for the persist latency.
-        let mut accepted = Vec::new();
-        let mut outcomes = Vec::with_capacity(batch.len());
-        let mut advanced: HashMap<Uuid, i64> = HashMap::new();
-        // Reads are applied after the batch's messages are in, at their place in `outcomes`.
-        let mut reads: Vec<(usize, &ReadCommand)> = Vec::new();
-        for p in batch {
-            let cmd = match &p.cmd {
-                Command::Send(cmd) => cmd,
-                Command::Read(read) => {
-                    reads.push((outcomes.len(), read));
-                    outcomes.push(Outcome::Quiet);
-                    continue;
-                }
-            };
-            let key = (
-                cmd.sender_id.as_str().to_owned(),
-                cmd.client_msg_id.as_str().to_owned(),
-            );
-            let participants_of =
-                |conversation: Uuid| locked.get(&conversation).map(|c| c.participant_ids.clone());
-            if let Some(existing) = known.get(&key) {
-                // Stored before: re-announce the original. A clientMsgId reused in another
-                // conversation names the original too, and goes to its sender only.
-                let participants = participants_of(existing.conversation_id)
-                    .unwrap_or_else(|| vec![key.0.clone()]);
-                outcomes.push(Outcome::Announce {
-                    message: existing.clone(),
-                    participants,
-                });
-                continue;
-            }
-            let Some(conversation) = locked.get_mut(&cmd.conversation_id) else {
-                outcomes.push(Outcome::Forbidden);
-                continue;
-            };
-            if !conversation
-                .participant_ids
-                .iter()
-                .any(|u| u == cmd.sender_id.as_str())
-            {
-                outcomes.push(Outcome::Forbidden);
-                continue;
-            }
-            conversation.last_seq += 1;
-            let message = Message {
-                id: Uuid::now_v7(),
-                conversation_id: cmd.conversation_id,
-                seq: conversation.last_seq,
-                sender_id: key.0.clone(),
-                client_msg_id: key.1.clone(),
-                content: cmd.content.clone(),
-                read_at: None,
-                created_at: now,
-                edited_at: None,
-                deleted_at: None,
-            };
-            advanced.insert(cmd.conversation_id, conversation.last_seq);
-            outcomes.push(Outcome::Announce {
-                message: message.clone(),
-                participants: conversation.participant_ids.clone(),
-            });
-            known.insert(key, message.clone());
-            inserts.push(message);
-            accepted.push(cmd.accepted_at);
-        }
+        let plan = plan::plan(
+            batch.iter().map(|p| &p.cmd),
+            locked,
+            stored,
+            now,
+            Uuid::now_v7,
+        );
 
-        messages::insert_batch(&mut tx, &inserts)
-            .instrument(tracing::info_span!("db.insert", rows = inserts.len()))
+        messages::insert_batch(&mut tx, &plan.inserts)
+            .instrument(tracing::info_span!("db.insert", rows = plan.inserts.len()))
             .await?;
-        if !advanced.is_empty() {
-            let (ids, seqs): (Vec<Uuid>, Vec<i64>) = advanced.into_iter().unzip();
+        if !plan.advanced.is_empty() {
+            let (ids, seqs): (Vec<Uuid>, Vec<i64>) = plan.advanced.iter().copied().unzip();
             let at = vec![now; ids.len()];
             conversations::advance(&mut tx, &ids, &seqs, &at).await?;
         }
-        for (slot, read) in reads {
-            outcomes[slot] = apply_read(&mut tx, &locked, read).await?;
+        let mut outcomes = Vec::with_capacity(plan.outcomes.len());
+        for planned in plan.outcomes {
+            outcomes.push(match planned {
+                Planned::Announce {
+                    message,
+                    participants,
+                } => Outcome::Announce {
+                    message,
+                    participants,
+                },
+                Planned::Read {
+                    read,
+                    direct,
+                    participants,
+                } => apply_read(&mut tx, read, direct, participants).await?,
+                Planned::Quiet => Outcome::Quiet,
+                Planned::Forbidden => Outcome::Forbidden,
+            });
         }
         tx.commit().await?;
-        self.metrics.persisted.inc_by(inserts.len() as u64);
-        for accepted_at in accepted {
+        self.metrics.persisted.inc_by(plan.inserts.len() as u64);
+        for accepted_at in plan.accepted {
             let took = (now - accepted_at).to_std().unwrap_or_default();
             self.metrics.persist_latency.observe(took.as_secs_f64());
         }
         tracing::debug!(
-            stored = inserts.len(),
+            stored = plan.inserts.len(),
             batch = batch.len(),
             "batch committed"
         );
@@ -498,17 +877,17 @@ impl Writer {
     }
 
     /// After the commit: announce, flush, then ack.
-    async fn finish(&self, batch: &[Parsed], outcomes: Vec<Outcome>) {
+    async fn finish(&self, done: Vec<(Parsed, Outcome)>) {
         let nats = self.js.client();
-        let mut forbidden = Vec::new();
-        for (p, outcome) in batch.iter().zip(outcomes) {
+        let mut forbidden = vec![false; done.len()];
+        for (i, (p, outcome)) in done.iter().enumerate() {
             match outcome {
                 Outcome::Announce {
                     message,
                     participants,
                 } => {
-                    let headers = delivery_headers(p, &message);
-                    let event: Bytes = ServerEvent::MessageNew(message).to_json();
+                    let headers = delivery_headers(p, message);
+                    let event: Bytes = ServerEvent::MessageNew(message.clone()).to_json();
                     let users = participants.iter().map(String::as_str);
                     deliver(&nats, &self.subjects, users, &headers, &event).await;
                 }
@@ -520,7 +899,7 @@ impl Writer {
                     parley_common::trace::continue_from(&span, p.msg.headers.as_ref());
                     let mut headers = async_nats::HeaderMap::new();
                     parley_common::trace::inject(&span, &mut headers);
-                    let event = ServerEvent::MessageRead(event).to_json();
+                    let event = ServerEvent::MessageRead(event.clone()).to_json();
                     let users = participants.iter().map(String::as_str);
                     deliver(&nats, &self.subjects, users, &headers, &event).await;
                 }
@@ -534,15 +913,15 @@ impl Writer {
                         )
                         .await;
                     }
-                    forbidden.push(p);
+                    forbidden[i] = true;
                 }
             }
         }
         if let Err(e) = nats.flush().await {
             tracing::warn!(error = %e, "cannot flush delivery events");
         }
-        for p in batch {
-            if forbidden.iter().any(|f| std::ptr::eq(*f, p)) {
+        for ((p, _), forbidden) in done.iter().zip(forbidden) {
+            if forbidden {
                 self.dead_letter(&p.msg, "sender is not a member of the conversation")
                     .await;
             } else if let Err(e) = p.msg.ack().await {
@@ -608,38 +987,30 @@ fn delivery_headers(p: &Parsed, message: &Message) -> async_nats::HeaderMap {
     headers
 }
 
-/// Moves a reader's position forward (never back, never past the last message) and, in a
-/// direct conversation, stamps `readAt` on what the other sent. A receipt from someone who is
-/// not a member is dropped: the gateway checked before publishing, so it is stale, and saying
-/// so would only tell a former member about the conversation.
+/// Moves a reader's position forward (never back; the plan capped it at the last message)
+/// and, in a direct conversation, stamps `readAt` on what the other sent.
 async fn apply_read(
     tx: &mut sqlx::PgConnection,
-    locked: &HashMap<Uuid, conversations::Locked>,
-    read: &ReadCommand,
+    read: parley_common::wire::ReadCommand,
+    direct: bool,
+    participants: Vec<String>,
 ) -> Result<Outcome> {
-    let Some(conversation) = locked.get(&read.conversation_id) else {
-        return Ok(Outcome::Quiet);
-    };
     let reader = read.user_id.as_str();
-    if !conversation.participant_ids.iter().any(|u| u == reader) {
-        tracing::info!(user = reader, "dropped a read receipt from a non-member");
-        return Ok(Outcome::Quiet);
-    }
-    let seq = read.seq.min(conversation.last_seq);
-    let Some(from) = conversations::mark_read(tx, read.conversation_id, reader, seq).await? else {
+    let Some(from) = conversations::mark_read(tx, read.conversation_id, reader, read.seq).await?
+    else {
         return Ok(Outcome::Quiet);
     };
     let at = DateTime::from_timestamp_micros(read.at.timestamp_micros()).unwrap_or(read.at);
-    if conversation.kind == ConversationKind::Direct.as_str() {
-        messages::mark_read(tx, read.conversation_id, reader, (from, seq), at).await?;
+    if direct {
+        messages::mark_read(tx, read.conversation_id, reader, (from, read.seq), at).await?;
     }
     Ok(Outcome::Read {
         event: ReadEvent {
             conversation_id: read.conversation_id,
             user_id: reader.to_owned(),
-            seq,
+            seq: read.seq,
             read_at: at,
         },
-        participants: conversation.participant_ids.clone(),
+        participants,
     })
 }

@@ -2,8 +2,8 @@
 //! stream `PARLEY_IN`, writes them to Postgres in batches, announces the result to every
 //! participant over core NATS, and only then acks the broker (DESIGN §2). It also answers the
 //! chat queries (open a conversation, history, sync, members) as the NATS service
-//! `parley-persistence`. Run as many replicas as the write load needs: they share one durable
-//! consumer and one queue group.
+//! `parley-persistence`. Run as many replicas as the write load needs: they share the stream's
+//! partitions (one writer per partition at a time) and one queue group.
 //!
 //! # Layout
 //! - [`config`]: settings from the environment.
@@ -11,7 +11,9 @@
 //! - [`db`]: the connection pool and migrations (`persistence/migrations/`).
 //! - [`store`]: all SQL, one module per aggregate.
 //! - [`metrics`]: the role's Prometheus metrics.
-//! - [`consumer`]: the batch consumer of `PARLEY_IN`.
+//! - [`plan`]: what a batch of commands writes, decided without I/O.
+//! - [`ownership`]: which partitions of `PARLEY_IN` each replica writes.
+//! - [`consumer`]: the partitioned batch consumer of `PARLEY_IN`.
 //! - [`chat`]: the queries behind the service, as plain functions.
 //! - [`service`]: the NATS request/reply endpoints that call [`chat`].
 //! - [`startup`]: [`startup::Application`], which builds and runs the role.
@@ -22,6 +24,8 @@ pub mod consumer;
 pub mod db;
 pub mod error;
 pub mod metrics;
+pub mod ownership;
+pub mod plan;
 pub mod service;
 pub mod startup;
 pub mod store;

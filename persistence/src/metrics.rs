@@ -2,7 +2,8 @@
 
 use std::sync::{Arc, OnceLock};
 
-use parley_common::metrics::{Counter, Gauge, Histogram, latency_histogram, register};
+use parley_common::metrics::{Counter, Family, Gauge, Histogram, latency_histogram, register};
+use prometheus_client::encoding::EncodeLabelSet;
 
 #[derive(Clone)]
 pub struct PersistenceMetrics {
@@ -18,9 +19,34 @@ pub struct PersistenceMetrics {
     /// Commands the broker handed out again (after a crash, a timeout or a nak).
     pub redeliveries: Counter,
     pub dead_lettered: Counter,
+    /// Seconds per batch transaction, from its start (waiting for a slot included) to commit.
+    pub batch_seconds: Histogram,
+    /// 1 for each partition this replica writes now.
+    partition_owned: Family<PartitionLabel, Gauge>,
+    /// Commands of each partition not yet acknowledged (waiting or being written).
+    partition_lag: Family<PartitionLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabel {
+    partition: u16,
 }
 
 impl PersistenceMetrics {
+    /// The gauge that says whether this replica writes `partition`.
+    pub fn partition_owned(&self, partition: u16) -> Gauge {
+        self.partition_owned
+            .get_or_create(&PartitionLabel { partition })
+            .clone()
+    }
+
+    /// The gauge of `partition`'s lag.
+    pub fn partition_lag(&self, partition: u16) -> Gauge {
+        self.partition_lag
+            .get_or_create(&PartitionLabel { partition })
+            .clone()
+    }
+
     pub fn get() -> Arc<Self> {
         static METRICS: OnceLock<Arc<PersistenceMetrics>> = OnceLock::new();
         METRICS.get_or_init(|| Arc::new(Self::register())).clone()
@@ -37,6 +63,9 @@ impl PersistenceMetrics {
             ack_pending: Gauge::default(),
             redeliveries: Counter::default(),
             dead_lettered: Counter::default(),
+            batch_seconds: latency_histogram(),
+            partition_owned: Family::default(),
+            partition_lag: Family::default(),
         };
         register(|r| {
             r.register(
@@ -73,6 +102,21 @@ impl PersistenceMetrics {
                 "messages_dead_lettered",
                 "Commands moved to the dead-letter stream",
                 m.dead_lettered.clone(),
+            );
+            r.register(
+                "persist_batch_seconds",
+                "Seconds per batch transaction, waiting for a slot included",
+                m.batch_seconds.clone(),
+            );
+            r.register(
+                "persist_partition_owned",
+                "1 for each partition of PARLEY_IN this replica writes",
+                m.partition_owned.clone(),
+            );
+            r.register(
+                "persist_partition_lag",
+                "Commands of each partition not yet acknowledged (waiting or being written)",
+                m.partition_lag.clone(),
             );
         });
         m

@@ -3,7 +3,6 @@
 use std::future::Future;
 
 use async_nats::jetstream;
-use async_nats::jetstream::consumer::PullConsumer;
 use parley_common::admin::Readiness;
 use parley_common::nats;
 use sqlx::PgPool;
@@ -21,7 +20,7 @@ pub struct Application {
     pool: PgPool,
     nats: async_nats::Client,
     js: jetstream::Context,
-    consumer: PullConsumer,
+    consumers: consumer::Consumers,
     service: ChatService,
 }
 
@@ -39,7 +38,7 @@ impl Application {
         nats::ensure_streams(&js, &config.nats.prefix, config.streams)
             .await
             .map_err(Error::nats)?;
-        let consumer = consumer::create(&config, &js).await?;
+        let consumers = consumer::create(&config, &js).await?;
         let service = ChatService::start(ChatContext {
             pool: pool.clone(),
             nats: nats.clone(),
@@ -51,7 +50,7 @@ impl Application {
             pool,
             nats,
             js,
-            consumer,
+            consumers,
             service,
         })
     }
@@ -86,14 +85,14 @@ impl Application {
             pool,
             nats,
             js,
-            consumer,
+            consumers,
             service,
         } = self;
         let token = CancellationToken::new();
-        let sampler = sample(consumer.clone(), pool.clone(), token.clone());
+        let sampler = sample(consumers.clone(), pool.clone(), token.clone());
         // Whichever part ends first (shutdown, or a part failing) stops the others.
         let consumer = async {
-            let r = consumer::run(&config, consumer, js, pool, token.clone()).await;
+            let r = consumer::run(&config, consumers, js, pool, token.clone()).await;
             token.cancel();
             r
         };
@@ -116,25 +115,35 @@ impl Application {
     }
 }
 
-/// How often the consumer's backlog and the pool's use are sampled for `/metrics`.
+/// How often the partitions' backlog and the pool's use are sampled for `/metrics`.
 const SAMPLE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Samples the consumer's backlog and the pool's use until `stop`.
-async fn sample(consumer: PullConsumer, pool: PgPool, stop: CancellationToken) {
+/// Samples the partitions' backlog and the pool's use until `stop`. Every replica reports every
+/// partition (the same figures): a partition nobody writes still shows its backlog.
+async fn sample(consumers: consumer::Consumers, pool: PgPool, stop: CancellationToken) {
     let metrics = crate::metrics::PersistenceMetrics::get();
     loop {
         parley_common::metrics::sample_pool("persistence", pool.size(), pool.num_idle());
-        match consumer.get_info().await {
-            Ok(info) => {
-                metrics
-                    .pending
-                    .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
-                metrics
-                    .ack_pending
-                    .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+        let (mut pending, mut ack_pending) = (0u64, 0u64);
+        for partition in &consumers.partitions {
+            match partition.consumer.get_info().await {
+                Ok(info) => {
+                    pending += info.num_pending;
+                    ack_pending += info.num_ack_pending as u64;
+                    let lag = info.num_pending + info.num_ack_pending as u64;
+                    metrics
+                        .partition_lag(partition.number)
+                        .set(i64::try_from(lag).unwrap_or(i64::MAX));
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read a partition's consumer"),
             }
-            Err(e) => tracing::debug!(error = %e, "cannot read the consumer's state"),
         }
+        metrics
+            .pending
+            .set(i64::try_from(pending).unwrap_or(i64::MAX));
+        metrics
+            .ack_pending
+            .set(i64::try_from(ack_pending).unwrap_or(i64::MAX));
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(SAMPLE_EVERY) => {}

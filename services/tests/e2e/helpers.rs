@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,6 +19,7 @@ use parley_common::config::Env;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgPool};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_util::sync::CancellationToken;
@@ -611,12 +613,22 @@ impl WsClient {
 }
 
 /// Polls `check` until it returns `Some`, for state that settles asynchronously.
-pub async fn eventually<T, F, Fut>(mut check: F) -> T
+pub async fn eventually<T, F, Fut>(check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    tokio::time::timeout(PATIENCE, async {
+    within(PATIENCE, check).await
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `deadline`: for a bound the
+/// system promises (a failover deadline), not a guess at speed.
+pub async fn within<T, F, Fut>(deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    tokio::time::timeout(deadline, async {
         loop {
             if let Some(v) = check().await {
                 return v;
@@ -662,5 +674,82 @@ impl TestEnv {
             .env("PORT", port.to_string())
             .env("ADMIN_PORT", admin.to_string());
         cmd
+    }
+}
+
+/// One role of the real binary, with this test's database and prefix.
+pub struct Role {
+    child: Child,
+    port: u16,
+    admin: u16,
+}
+
+impl Role {
+    pub async fn start(env: &TestEnv, role: &str, extra: &[(&str, String)]) -> Role {
+        let (port, admin) = (free_port(), free_port());
+        let mut cmd = env.parley_role(role, port, admin);
+        cmd.env("PARLEY_ACK_WAIT_SECONDS", "3")
+            .env("PARLEY_DRAIN_SECONDS", "5")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start parley");
+        let role = Role { child, port, admin };
+        role.ready().await;
+        role
+    }
+
+    pub async fn ready(&self) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin);
+        eventually(|| {
+            let url = url.clone();
+            async move {
+                let r = reqwest::get(&url).await.ok()?;
+                (r.status() == 200).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        format!("127.0.0.1:{}", self.port).parse().unwrap()
+    }
+
+    /// The admin port's `/metrics`.
+    pub fn metrics_url(&self) -> String {
+        format!("http://127.0.0.1:{}/metrics", self.admin)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub fn terminate(&self) {
+        let pid = self.child.id().expect("running");
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGKILL: the process ends now, mid-batch if it was in one.
+    pub async fn kill(mut self) {
+        self.child.start_kill().expect("kill");
+        let _ = self.child.wait().await;
+    }
+
+    pub async fn exited(mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(PATIENCE, self.child.wait())
+            .await
+            .expect("exited in time")
+            .unwrap()
     }
 }

@@ -15,6 +15,7 @@ mod openapi;
 mod pipeline;
 mod protocol;
 mod refused;
+mod scaleout;
 mod security;
 mod socketio;
 mod web;

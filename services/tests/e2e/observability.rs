@@ -17,9 +17,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use prost::Message as _;
 use serde_json::{Value, json};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
-use crate::helpers::{PATIENCE, TestEnv, WsClient, eventually, free_port};
+use crate::helpers::{Role, TestEnv, WsClient, eventually};
 
 /// A span as the receiver got it.
 #[derive(Debug, Clone)]
@@ -83,72 +83,6 @@ async fn export(State(receiver): State<Receiver>, body: Bytes) -> Vec<u8> {
         }
     }
     ExportTraceServiceResponse::default().encode_to_vec()
-}
-
-/// One role of the real binary, with this test's database and prefix.
-struct Role {
-    child: Child,
-    port: u16,
-    admin: u16,
-}
-
-impl Role {
-    async fn start(env: &TestEnv, role: &str, extra: &[(&str, String)]) -> Role {
-        let (port, admin) = (free_port(), free_port());
-        let mut cmd = env.parley_role(role, port, admin);
-        cmd.env("PARLEY_ACK_WAIT_SECONDS", "3")
-            .env("PARLEY_DRAIN_SECONDS", "5")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in extra {
-            cmd.env(k, v);
-        }
-        let child = cmd.spawn().expect("start parley");
-        let role = Role { child, port, admin };
-        role.ready().await;
-        role
-    }
-
-    async fn ready(&self) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.admin);
-        eventually(|| {
-            let url = url.clone();
-            async move {
-                let r = reqwest::get(&url).await.ok()?;
-                (r.status() == 200).then_some(())
-            }
-        })
-        .await;
-    }
-
-    fn addr(&self) -> SocketAddr {
-        format!("127.0.0.1:{}", self.port).parse().unwrap()
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    fn terminate(&self) {
-        let pid = self.child.id().expect("running");
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    async fn exited(mut self) -> std::process::ExitStatus {
-        tokio::time::timeout(PATIENCE, self.child.wait())
-            .await
-            .expect("exited in time")
-            .unwrap()
-    }
 }
 
 /// Show 1: a message's trace runs from the client's send through the sending gateway, the
