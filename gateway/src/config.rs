@@ -54,7 +54,7 @@ impl Default for Limits {
         Self {
             max_content_chars: Content::DEFAULT_MAX_CHARS,
             max_frame_bytes: 64 * 1024,
-            outbound_queue: 256,
+            outbound_queue: 1024,
             max_inflight: 64,
             send_rate: 50.0,
             send_burst: 200.0,
@@ -70,6 +70,7 @@ impl GatewayConfig {
         let limits = Limits {
             max_content_chars: env.parse_or("PARLEY_MAX_CONTENT_CHARS", d.max_content_chars)?,
             max_frame_bytes: env.parse_or("PARLEY_MAX_FRAME_BYTES", d.max_frame_bytes)?,
+            outbound_queue: env.parse_or("PARLEY_OUTBOUND_QUEUE", d.outbound_queue)?,
             send_rate: env.parse_or("PARLEY_SEND_RATE", d.send_rate)?,
             send_burst: env.parse_or("PARLEY_SEND_BURST", d.send_burst)?,
             max_connections_per_user: env.parse_or(
@@ -78,6 +79,12 @@ impl GatewayConfig {
             )?,
             ..d
         };
+        if limits.outbound_queue < 16 {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_OUTBOUND_QUEUE",
+                reason: "must be at least 16".into(),
+            });
+        }
         if limits.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 name: "PARLEY_MAX_FRAME_BYTES",

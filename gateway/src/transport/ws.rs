@@ -189,7 +189,10 @@ async fn run(socket: WebSocket, state: AppState, verified: Verified, mut attachm
                     break End::Closed;
                 }
             }
-            incoming = stream.next() => {
+            // At the bound of requests in flight, stop reading the socket (but keep writing
+            // to it) until one finishes.
+            _ = inflight.acquire(), if inflight.available_permits() == 0 => {}
+            incoming = stream.next(), if inflight.available_permits() > 0 => {
                 last_heard = Instant::now();
                 let text = match incoming {
                     Some(Ok(WsMessage::Text(t))) => Some(t),
@@ -321,8 +324,8 @@ async fn handle_frame(
             queue(replies, answer_frame(id.as_deref(), answer, client_msg_id)).into()
         }
         Dispatch::Later(fut) => {
-            // Requests in flight are bounded; at the bound, stop reading this socket (but still
-            // notice a client that stopped reading).
+            // Requests in flight are bounded: the socket loop reads a frame only when a permit
+            // is free, so this does not wait (but still notices a client that stopped reading).
             let permit = tokio::select! {
                 p = inflight.clone().acquire_owned() => match p {
                     Ok(p) => p,
