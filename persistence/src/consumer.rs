@@ -67,6 +67,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(4);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// A pinned client that stops pulling for this long loses its pin.
 const PRIORITY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a starting replica listens for the others before it takes partitions.
+const SETTLE: Duration = Duration::from_millis(300);
 /// How often an owner looks at its partition's consumer when it has nothing to do.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 
@@ -179,9 +181,10 @@ pub async fn run(
     tracing::info!(replica = %me, partitions = consumers.partitions.len(), "persistence consumer started");
 
     let mut running: HashMap<u16, Owned> = HashMap::new();
-    // Before the first assignment, listen a little longer than a heartbeat: a replica that
-    // started alone would otherwise take every partition and give most back a second later.
-    let settled_at = Instant::now() + HEARTBEAT_EVERY + HEARTBEAT_EVERY / 2;
+    // Before the first assignment, listen a moment: the others answer a newcomer's first
+    // heartbeat with theirs at once, and a replica that took every partition would give most
+    // back right away.
+    let settled_at = Instant::now() + SETTLE;
     let mut tick = tokio::time::interval(HEARTBEAT_EVERY / 2);
     let mut last_beat = Instant::now() - HEARTBEAT_EVERY;
     loop {
@@ -202,7 +205,16 @@ pub async fn run(
                     break;
                 };
                 match serde_json::from_slice::<Heartbeat>(&msg.payload) {
-                    Ok(heard) => membership.observe(&heard, Instant::now()),
+                    Ok(heard) => {
+                        let new = membership.observe(&heard, Instant::now());
+                        if new && !heard.leaving {
+                            // A newcomer hears of this replica at once, not a second later.
+                            if let Err(e) = nats.publish(subject.clone(), beat(false)).await {
+                                tracing::debug!(error = %e, "cannot send a heartbeat");
+                            }
+                        }
+                        new
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "ignoring a malformed replica heartbeat");
                         false

@@ -91,6 +91,14 @@ async fn a_dm_and_a_group_of_five_agree_for_every_member_and_device() {
         json!({"conversationId": dm, "clientMsgId": "b-dm-1", "content": "hey"}),
     )
     .await;
+    // Everyone has the DM live, in order, on every device. (Stored, so the group's round
+    // comes after it: conversations in different partitions are written independently, and
+    // "accepted" is not "stored".)
+    for c in [&mut alice_phone, &mut alice_laptop, &mut bob] {
+        let got = c.messages(&dm, 4).await;
+        let seqs: Vec<i64> = got.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
+    }
     for (client, who) in [
         (&mut alice_laptop, "alice"),
         (&mut bob, "bob"),
@@ -104,12 +112,6 @@ async fn a_dm_and_a_group_of_five_agree_for_every_member_and_device() {
             json!({"conversationId": group, "clientMsgId": format!("{who}-g-1"), "content": format!("{who} here")}),
         )
         .await;
-    }
-    // Everyone has everything live, in order, on every device.
-    for c in [&mut alice_phone, &mut alice_laptop, &mut bob] {
-        let got = c.messages(&dm, 4).await;
-        let seqs: Vec<i64> = got.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
-        assert_eq!(seqs, [1, 2, 3, 4]);
     }
     for c in [
         &mut alice_phone,

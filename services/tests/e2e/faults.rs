@@ -50,8 +50,28 @@ async fn persistence_killed_mid_stream_and_restarted_stores_every_accepted_messa
             accepted
         }
     });
+    // Bob reads as a live client does (one that stops reading is dropped once its queue is
+    // full). Redelivered commands may be announced again (with their original seq): count
+    // distinct.
+    let (first_tx, first_rx) = tokio::sync::oneshot::channel();
+    let reader = tokio::spawn({
+        let conv = conv.clone();
+        async move {
+            let mut seen = BTreeSet::new();
+            let mut first_tx = Some(first_tx);
+            while seen.len() < TOTAL {
+                let m = bob.wait_for(|f| f["type"] == "message:new").await;
+                assert_eq!(m["data"]["conversationId"], conv.as_str());
+                seen.insert(m["data"]["seq"].as_i64().unwrap());
+                if seen.len() == 50 {
+                    let _ = first_tx.take().map(|tx| tx.send(()));
+                }
+            }
+            seen
+        }
+    });
     // Kill persistence once the first messages are through, in the middle of the stream.
-    let first = bob.messages(&conv, 50).await;
+    first_rx.await.expect("the first 50 arrived");
     persistence.kill();
     let accepted = sender.await.unwrap();
     assert_eq!(
@@ -61,12 +81,8 @@ async fn persistence_killed_mid_stream_and_restarted_stores_every_accepted_messa
     );
 
     let _persistence = env.spawn_persistence().await;
-    // Redelivered commands may be announced again (with their original seq); count distinct.
-    let mut seen: BTreeSet<i64> = first.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
-    while seen.len() < TOTAL {
-        let m = bob.wait_for(|f| f["type"] == "message:new").await;
-        seen.insert(m["data"]["seq"].as_i64().unwrap());
-    }
+    let seen = reader.await.unwrap();
+    assert_eq!(seen, (1..=TOTAL as i64).collect::<BTreeSet<_>>());
     let stored = env.stored(&conv).await;
     assert_eq!(
         stored.len(),

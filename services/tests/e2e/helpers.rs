@@ -375,6 +375,14 @@ impl WsClient {
         }
     }
 
+    /// The socket itself, for a test that reads and writes it from two tasks; frames already
+    /// buffered are dropped.
+    pub fn into_inner(
+        self,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
+        self.ws
+    }
+
     pub async fn send_text(&mut self, text: &str) {
         self.ws.send(Ws::text(text)).await.expect("ws send");
     }
@@ -441,10 +449,9 @@ impl WsClient {
             return self.buffered.remove(pos).expect("present");
         }
         loop {
-            let f = self
-                .read()
-                .await
-                .expect("socket closed while waiting for a frame");
+            let Some(f) = self.read().await else {
+                panic!("socket closed while waiting for a frame: {:?}", self.closed);
+            };
             if pred(&f) {
                 return f;
             }

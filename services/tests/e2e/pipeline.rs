@@ -128,6 +128,16 @@ async fn four_concurrent_senders_get_contiguous_seqs_and_everyone_sees_all_2000(
         readers.push(env.connect(if i % 2 == 0 { &gw_a } else { &gw_b }, u).await);
     }
 
+    // Readers read as the messages come, as live clients do: one that stops reading is
+    // dropped once its queue is full.
+    let readers: Vec<_> = readers
+        .into_iter()
+        .map(|mut reader| {
+            let conv = conv.clone();
+            tokio::spawn(async move { reader.messages(&conv, 2000).await })
+        })
+        .collect();
+
     let mut senders = Vec::new();
     for (i, u) in users.iter().enumerate() {
         let mut client = env.connect(if i % 2 == 0 { &gw_b } else { &gw_a }, u).await;
@@ -155,8 +165,8 @@ async fn four_concurrent_senders_get_contiguous_seqs_and_everyone_sees_all_2000(
         s.await.unwrap();
     }
 
-    for reader in &mut readers {
-        let got = reader.messages(&conv, 2000).await;
+    for reader in readers {
+        let got = reader.await.unwrap();
         assert_eq!(seqs(&got), (1..=2000).collect::<Vec<_>>());
     }
     let stored = env.stored(&conv).await;

@@ -6,7 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use serde_json::json;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message as Ws;
 
 use crate::helpers::{PATIENCE, Role, TestEnv, WsClient, eventually, within};
 
@@ -120,27 +122,41 @@ async fn every_sender_stays_in_order(mid_run: MidRun) {
     assert_eq!(stored_count(&env).await, total, "nothing stored twice");
 }
 
-/// Sends `SENDS` messages back to back, then waits for every ack: all accepted.
-async fn pipeline(mut client: WsClient, user: String, conversation: String) {
+/// Sends `SENDS` messages back to back without waiting for acks, while another task reads
+/// everything the socket delivers (as a live client does: one that stops reading is dropped
+/// once its queue is full); returns once every send is acked as accepted.
+async fn pipeline(client: WsClient, user: String, conversation: String) {
+    let (mut sink, mut stream) = client.into_inner().split();
+    let reader = tokio::spawn(async move {
+        let mut acked = BTreeSet::new();
+        while acked.len() < SENDS {
+            let frame = tokio::time::timeout(PATIENCE, stream.next())
+                .await
+                .expect("a frame arrived in time");
+            let Some(Ok(Ws::Text(text))) = frame else {
+                panic!("the socket closed: {frame:?}");
+            };
+            let frame: Value = serde_json::from_str(&text).expect("JSON");
+            if frame["type"] == "ack" {
+                assert_eq!(frame["data"]["status"], "accepted", "{frame}");
+                acked.insert(frame["id"].as_u64().expect("an id"));
+            }
+        }
+    });
     for k in 0..SENDS {
-        client
-            .send_frame(&json!({
-                "type": "message:send",
-                "id": k,
-                "data": {
-                    "conversationId": conversation,
-                    "clientMsgId": format!("{user}-{k:04}"),
-                    "content": k.to_string(),
-                },
-            }))
-            .await;
+        let frame = json!({
+            "type": "message:send",
+            "id": k,
+            "data": {
+                "conversationId": conversation,
+                "clientMsgId": format!("{user}-{k:04}"),
+                "content": k.to_string(),
+            },
+        });
+        sink.send(Ws::text(frame.to_string())).await.expect("send");
     }
-    for k in 0..SENDS {
-        let ack = client
-            .wait_for(|f| f["type"] == "ack" && f["id"] == k)
-            .await;
-        assert_eq!(ack["data"]["status"], "accepted", "{user} #{k}: {ack}");
-    }
+    reader.await.expect("every send accepted");
+    drop(sink);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

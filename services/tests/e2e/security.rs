@@ -75,6 +75,8 @@ async fn a_non_participant_cannot_send_to_read_or_sync_a_conversation_and_learns
     let mut mallory = env.connect(&gw, "mallory").await;
     let conv = alice.open_dm("bob").await;
     alice.send_message(&conv, "secret-1", "for bob only").await;
+    // Stored once alice hears of it (every device of the sender is told).
+    alice.messages(&conv, 1).await;
     let missing = uuid::Uuid::now_v7().to_string();
 
     for target in [&conv, &missing] {
