@@ -18,7 +18,7 @@ pub struct Ctx {
     pub run: String,
     /// Connects in flight at once.
     pub connect_concurrency: usize,
-    /// The gateway and persistence, when the bench started them.
+    /// The gateway and persistence replicas, when the bench started them.
     pub system: Option<System>,
     /// The gateway's pid when it runs elsewhere (for its memory).
     pub gateway_pid: Option<u32>,
@@ -70,8 +70,12 @@ impl Ctx {
             .or(self.gateway_pid)
     }
 
-    pub fn persistence_pid(&self) -> Option<u32> {
-        self.system.as_ref().and_then(System::persistence_pid)
+    /// The persistence replicas' pids, in start order (none when the bench did not start them).
+    pub fn persistence_pids(&self) -> Vec<u32> {
+        self.system
+            .as_ref()
+            .map(System::persistence_pids)
+            .unwrap_or_default()
     }
 
     /// Microseconds since the epoch, the timestamp a message carries.

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{self, Client, Incoming, Transport, Writer};
 use crate::ctx::{Ctx, micros_since};
 use crate::report::{self, Report};
-use crate::system::{self, CpuSample};
+use crate::system::{self, CpuSample, System};
 
 /// How long the bench waits, after the last send, for deliveries that still make progress.
 const DRAIN_IDLE: Duration = Duration::from_secs(15);
@@ -180,7 +180,12 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
         p.duration,
         writers.len()
     );
-    let cpu_before = CpuSample::take(ctx.gateway_pid(), ctx.persistence_pid());
+    let cpu_before = CpuSample::take(ctx.gateway_pid(), &ctx.persistence_pids());
+    let lag = ctx.system.as_ref().map(System::watch_lag);
+    let persisted_before = match &ctx.system {
+        Some(system) => Some(system.persisted().await),
+        None => None,
+    };
     let started = Instant::now();
     let start_micros = ctx.micros();
     let deadline = started + p.duration;
@@ -220,7 +225,7 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
         }
     }
     let send_time = started.elapsed();
-    let cpu_after = CpuSample::take(ctx.gateway_pid(), ctx.persistence_pid());
+    let cpu_after = CpuSample::take(ctx.gateway_pid(), &ctx.persistence_pids());
     report.cpu_cores = cpu_after.cores_since(&cpu_before);
 
     // Wait for every ack and every delivery owed, as long as they keep coming.
@@ -242,6 +247,10 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
     }
     // A little longer, so a duplicate that would follow is seen too.
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let lag = match lag {
+        Some(watch) => Some(watch.finish().await),
+        None => None,
+    };
     stop.cancel();
     let mut tallies = Vec::new();
     for r in readers {
@@ -302,6 +311,7 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
     }
 
     let delivered = shared.delivered.load(Ordering::Relaxed);
+    let last_delivery = shared.last_delivery.load(Ordering::Relaxed);
     let seconds = |micros: u64| (micros.saturating_sub(start_micros) as f64 / 1e6).max(1e-6);
     report.figure("sent", sent as f64, "msgs");
     report.figure("accepted", accepted as f64, "msgs");
@@ -317,9 +327,16 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
     report.figure("delivered", delivered as f64, "deliveries");
     report.figure(
         "delivered/s",
-        delivered as f64 / seconds(shared.last_delivery.load(Ordering::Relaxed)),
+        delivered as f64 / seconds(last_delivery),
         "deliveries/s",
     );
+    if let (Some(system), Some(before)) = (&ctx.system, persisted_before) {
+        // A message is delivered only once its row is committed, so the last delivery closes
+        // the time the rows took too.
+        let persisted = system.persisted().await - before;
+        report.figure("persisted", persisted, "msgs");
+        report.figure("persisted/s", persisted / seconds(last_delivery), "msgs/s");
+    }
     let mut latency = report::histogram();
     for shard in &shared.latency {
         latency.add(&*shard.lock().expect("histogram lock"))?;
@@ -334,14 +351,36 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
             };
             report.figure(stage, value, unit);
         }
+        if let Some(lag) = lag {
+            report.figure("partition lag max", lag.partition as f64, "cmds");
+            report.figure("all partitions' lag max", lag.total as f64, "cmds");
+        }
+        for (n, owned) in system.partitions_owned().await.into_iter().enumerate() {
+            report.figure(
+                format!("partitions owned: persistence {}", n + 1),
+                owned as f64,
+                "",
+            );
+        }
     }
     if let Some(pid) = ctx.gateway_pid()
         && let Some(rss) = system::rss_bytes(pid)
     {
         report.figure("gateway RSS", rss as f64 / (1 << 20) as f64, "MiB");
     }
-    if let Some(rss) = ctx.persistence_pid().and_then(system::rss_bytes) {
-        report.figure("persistence RSS", rss as f64 / (1 << 20) as f64, "MiB");
+    let pids = ctx.persistence_pids();
+    let rss: Vec<u64> = pids
+        .iter()
+        .filter_map(|&pid| system::rss_bytes(pid))
+        .collect();
+    if !rss.is_empty() {
+        let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+        report.figure("persistence RSS", mib(rss.iter().sum()), "MiB");
+        if rss.len() > 1 {
+            for (n, bytes) in rss.iter().enumerate() {
+                report.figure(format!("persistence {} RSS", n + 1), mib(*bytes), "MiB");
+            }
+        }
     }
     Ok(report)
 }

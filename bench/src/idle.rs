@@ -47,9 +47,9 @@ pub async fn run(
         "idle: connecting {connections} clients over {:?}",
         ctx.target.transport
     );
-    let cpu_before = CpuSample::take(pid, ctx.persistence_pid());
+    let cpu_before = CpuSample::take(pid, &ctx.persistence_pids());
     let (clients, connect_time) = ctx.connect_all(&users).await?;
-    report.cpu_cores = CpuSample::take(pid, ctx.persistence_pid()).cores_since(&cpu_before);
+    report.cpu_cores = CpuSample::take(pid, &ctx.persistence_pids()).cores_since(&cpu_before);
     report.figure("connections", connections as f64, "");
     report.figure("connect time", connect_time.as_secs_f64(), "s");
     report.figure(

@@ -3,7 +3,8 @@
 //! It connects many clients over `/ws` (or Socket.IO), from several `127.0.0.x` source
 //! addresses, with HS256 tokens it mints itself, drives one scenario (or the standard set), and
 //! prints a table, with JSON beside it for machines. With `--parley` it starts the gateway and
-//! persistence itself from that binary, so it can read their memory and restart the gateway.
+//! persistence (`--persistence N` replicas) itself from that binary, so it can read their memory
+//! and metrics and restart the gateway.
 //! Speed is reported, never asserted; what is asserted is that every message arrived once, in
 //! order, to every recipient.
 
@@ -41,6 +42,9 @@ struct Cli {
     /// figures and for `reconnect`. Without it, load goes to --gateway.
     #[arg(long, env = "PARLEY_BIN")]
     parley: Option<PathBuf>,
+    /// Persistence replicas to start with --parley; they share PARLEY_IN's partitions.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    persistence: u16,
     /// A gateway already running (when --parley is not given).
     #[arg(long, default_value = "127.0.0.1:3000")]
     gateway: SocketAddr,
@@ -174,7 +178,13 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     for (n, (transport, scenario)) in plan.into_iter().enumerate() {
         let system = match &cli.parley {
             Some(bin) => Some(
-                System::start(bin, &cli.out.join(format!("{run_id}-{n}")), system_env()).await?,
+                System::start(
+                    bin,
+                    &cli.out.join(format!("{run_id}-{n}")),
+                    system_env(),
+                    usize::from(cli.persistence),
+                )
+                .await?,
             ),
             None => None,
         };
@@ -198,7 +208,12 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         if let Some(system) = ctx.system.take() {
             system.stop().await?;
         }
-        let report = report?;
+        let mut report = report?;
+        if cli.parley.is_some()
+            && let Some(params) = report.params.as_object_mut()
+        {
+            params.insert("persistence".into(), cli.persistence.into());
+        }
         println!("{}", report.table());
         reports.push(report);
     }

@@ -152,7 +152,7 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
     .await?;
 
     let system = ctx.system.as_mut().expect("checked above");
-    let cpu_before = CpuSample::take(None, system.persistence_pid());
+    let cpu_before = CpuSample::take(None, &system.persistence_pids());
     let restart_at = micros_since(ctx.epoch);
     let restart = Instant::now();
     eprintln!("reconnect: restarting the gateway (SIG{signal})");
@@ -166,7 +166,7 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
         outcomes.push(t.await?);
     }
     report.cpu_cores =
-        CpuSample::take(ctx.gateway_pid(), ctx.persistence_pid()).cores_since(&cpu_before);
+        CpuSample::take(ctx.gateway_pid(), &ctx.persistence_pids()).cores_since(&cpu_before);
     report.figure("old gateway gone after", stopped.as_secs_f64(), "s");
     report.figure("new gateway ready after", ready.as_secs_f64(), "s");
 

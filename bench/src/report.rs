@@ -18,7 +18,7 @@ pub struct Report {
     pub problems: Vec<String>,
     pub figures: Vec<Figure>,
     /// Cores each part of the system used while the load ran (1.0 = one core busy).
-    pub cpu_cores: BTreeMap<&'static str, f64>,
+    pub cpu_cores: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]

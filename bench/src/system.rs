@@ -1,6 +1,6 @@
-//! The system under test: a gateway and a persistence process the bench starts from the
-//! `parley` binary (so it can measure their memory and restart the gateway), and the readings
-//! it takes of them from `/proc`.
+//! The system under test: a gateway and one or more persistence replicas the bench starts from
+//! the `parley` binary (so it can measure their memory and restart the gateway), and the
+//! readings it takes of them from `/proc` and their `/metrics`.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -11,31 +11,45 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use tokio::process::{Child, Command};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How long a role may take to answer `/readyz`.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the replicas may take to share the partitions out (a heartbeat is 1 s, a dead
+/// replica's partitions move after 4 s).
+const SHARE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the partitions' lag is read while the load runs (persistence samples it every 5 s).
+const LAG_EVERY: Duration = Duration::from_secs(1);
 
-/// A gateway and a persistence, started from one binary with the bench's environment.
+/// A gateway and persistence replicas, started from one binary with the bench's environment.
 pub struct System {
     bin: PathBuf,
     logs: PathBuf,
     env: Vec<(String, String)>,
     pub gateway_addr: SocketAddr,
     gateway_admin: u16,
-    persistence_admin: u16,
     gateway: Option<Child>,
-    persistence: Option<Child>,
+    /// In start order: `persistence 1`, `persistence 2` ... in the figures.
+    persistence: Vec<Replica>,
     starts: u32,
 }
 
+struct Replica {
+    admin: u16,
+    child: Child,
+}
+
 impl System {
-    /// Starts persistence, then a gateway on a free port, and waits until both are ready.
-    /// Every variable of the bench's environment is passed on; `env` adds to it (limits a
-    /// benchmark must lift, such as the per-user send rate).
+    /// Starts `replicas` persistence replicas, waits until they are ready and have shared the
+    /// partitions out evenly, then starts a gateway on a free port and waits until it is ready,
+    /// so the load meets a settled system. Every variable of the bench's environment is passed
+    /// on; `env` adds to it (limits a benchmark must lift, such as the per-user send rate).
     pub async fn start(
         bin: &Path,
         logs: &Path,
         env: Vec<(String, String)>,
+        replicas: usize,
     ) -> anyhow::Result<System> {
         std::fs::create_dir_all(logs)?;
         let mut system = System {
@@ -44,16 +58,110 @@ impl System {
             env,
             gateway_addr: SocketAddr::from(([127, 0, 0, 1], free_port()?)),
             gateway_admin: free_port()?,
-            persistence_admin: free_port()?,
             gateway: None,
-            persistence: None,
+            persistence: Vec::new(),
             starts: 0,
         };
-        let persistence = system.spawn("persistence", system.persistence_admin)?;
-        system.persistence = Some(persistence);
-        wait_ready(system.persistence_admin, system.persistence.as_mut()).await?;
+        for _ in 0..replicas {
+            let admin = free_port()?;
+            let child = system.spawn("persistence", admin)?;
+            system.persistence.push(Replica { admin, child });
+        }
+        for r in &mut system.persistence {
+            wait_ready(r.admin, Some(&mut r.child)).await?;
+        }
+        system.wait_shared().await?;
         system.start_gateway().await?;
         Ok(system)
+    }
+
+    /// Waits until every partition has exactly one owner and no replica owns more than one
+    /// partition over another's share.
+    async fn wait_shared(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + SHARE_TIMEOUT;
+        loop {
+            let partitions = self.partitions().await;
+            let owned = self.partitions_owned().await;
+            let (least, most) = (owned.iter().min(), owned.iter().max());
+            if partitions > 0
+                && owned.iter().sum::<usize>() == partitions
+                && least.zip(most).is_some_and(|(l, m)| m - l <= 1)
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the persistence replicas did not share the {partitions} partitions out \
+                     within {SHARE_TIMEOUT:?} (each owns {owned:?})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// How many partitions PARLEY_IN has: those any replica reports a lag for.
+    async fn partitions(&self) -> usize {
+        let mut all = std::collections::BTreeSet::new();
+        for text in self.persistence_metrics().await {
+            all.extend(per_partition(&text, "parley_persist_partition_lag").into_keys());
+        }
+        all.len()
+    }
+
+    /// How many partitions each replica writes now, in start order.
+    pub async fn partitions_owned(&self) -> Vec<usize> {
+        self.persistence_metrics()
+            .await
+            .iter()
+            .map(|text| {
+                per_partition(text, "parley_persist_partition_owned")
+                    .values()
+                    .filter(|v| **v >= 1.0)
+                    .count()
+            })
+            .collect()
+    }
+
+    /// Each replica's `/metrics` (empty when it does not answer), in start order.
+    async fn persistence_metrics(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in &self.persistence {
+            out.push(http_get(r.admin, "/metrics").await.unwrap_or_default());
+        }
+        out
+    }
+
+    /// Messages the replicas have stored so far, together.
+    pub async fn persisted(&self) -> f64 {
+        let text = self.persistence_metrics().await.concat();
+        text.lines()
+            .filter_map(|l| l.strip_prefix("parley_messages_persisted_total "))
+            .filter_map(|v| v.trim().parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Starts reading the partitions' lag every second, until [`LagWatch::finish`].
+    pub fn watch_lag(&self) -> LagWatch {
+        let ports: Vec<u16> = self.persistence.iter().map(|r| r.admin).collect();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let mut worst = Lag::default();
+            loop {
+                for &port in &ports {
+                    let text = http_get(port, "/metrics").await.unwrap_or_default();
+                    let lag = per_partition(&text, "parley_persist_partition_lag");
+                    let partition = lag.values().fold(0.0, |a: f64, b| a.max(*b));
+                    worst.partition = worst.partition.max(partition as u64);
+                    worst.total = worst.total.max(lag.values().sum::<f64>() as u64);
+                }
+                tokio::select! {
+                    () = token.cancelled() => return worst,
+                    () = tokio::time::sleep(LAG_EVERY) => {}
+                }
+            }
+        });
+        LagWatch { stop, task }
     }
 
     fn spawn(&mut self, role: &str, admin: u16) -> anyhow::Result<Child> {
@@ -106,8 +214,12 @@ impl System {
         self.gateway.as_ref().and_then(Child::id)
     }
 
-    pub fn persistence_pid(&self) -> Option<u32> {
-        self.persistence.as_ref().and_then(Child::id)
+    /// The replicas' pids, in start order.
+    pub fn persistence_pids(&self) -> Vec<u32> {
+        self.persistence
+            .iter()
+            .filter_map(|r| r.child.id())
+            .collect()
     }
 
     /// The mean of each pipeline stage so far, from the roles' own latency histograms
@@ -116,9 +228,8 @@ impl System {
         let gateway = http_get(self.gateway_admin, "/metrics")
             .await
             .unwrap_or_default();
-        let persistence = http_get(self.persistence_admin, "/metrics")
-            .await
-            .unwrap_or_default();
+        // The replicas' histograms added together: one histogram of all their batches.
+        let persistence = self.persistence_metrics().await.concat();
         let mut out = Vec::new();
         for (label, text, name) in [
             (
@@ -147,17 +258,57 @@ impl System {
         out
     }
 
-    /// Stops both roles (SIGTERM, so they flush and ack what they hold) and waits for them.
+    /// Stops every role (SIGTERM, so they flush and ack what they hold) and waits for them.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         self.stop_gateway("TERM").await?;
-        if let Some(mut child) = self.persistence.take() {
-            if let Some(pid) = child.id() {
-                let _ = Command::new("kill").arg(pid.to_string()).status().await;
-            }
-            child.wait().await?;
+        for pid in self.persistence_pids() {
+            let _ = Command::new("kill").arg(pid.to_string()).status().await;
+        }
+        for r in &mut self.persistence {
+            r.child.wait().await?;
         }
         Ok(())
     }
+}
+
+/// The worst partition lag seen while the load ran: commands of PARLEY_IN written by no
+/// replica yet, or not yet acknowledged.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Lag {
+    /// The most any one partition held.
+    pub partition: u64,
+    /// The most all partitions held together.
+    pub total: u64,
+}
+
+/// Reads of the partitions' lag, in the background while the load runs.
+pub struct LagWatch {
+    stop: CancellationToken,
+    task: JoinHandle<Lag>,
+}
+
+impl LagWatch {
+    /// Stops reading; the worst lag seen.
+    pub async fn finish(self) -> Lag {
+        self.stop.cancel();
+        self.task.await.unwrap_or_default()
+    }
+}
+
+/// The values of a gauge labelled by `partition` in a Prometheus text exposition, by
+/// partition: `<name>{partition="3"} 17`.
+fn per_partition(text: &str, name: &str) -> BTreeMap<u16, f64> {
+    text.lines()
+        .filter_map(|line| {
+            let labels = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (labels, value) = labels.split_once("} ")?;
+            let partition = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("partition=\""))?
+                .trim_end_matches('"');
+            Some((partition.parse().ok()?, value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// A port free on every address, below the ephemeral range: the bench's own client sockets
@@ -217,19 +368,18 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
     (status == "200").then(|| body.to_owned())
 }
 
-/// `<name>_sum / <name>_count` from a Prometheus text exposition.
+/// `<name>_sum / <name>_count` from a Prometheus text exposition, or from several
+/// concatenated (each line of the name counts).
 fn histogram_mean(text: &str, name: &str) -> Option<f64> {
-    let value = |suffix: &str| -> Option<f64> {
+    let value = |suffix: &str| -> f64 {
         let key = format!("{name}_{suffix}");
         text.lines()
-            .find(|l| l.split([' ', '{']).next() == Some(key.as_str()))?
-            .rsplit(' ')
-            .next()?
-            .parse()
-            .ok()
+            .filter(|l| l.split([' ', '{']).next() == Some(key.as_str()))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     };
-    let count = value("count")?;
-    (count > 0.0).then(|| value("sum").unwrap_or(0.0) / count)
+    let count = value("count");
+    (count > 0.0).then(|| value("sum") / count)
 }
 
 /// A process's resident memory in bytes (`VmRSS`).
@@ -264,20 +414,28 @@ fn comm(pid: u32) -> Option<String> {
 /// CPU used by each part of the system, to say what bounds a figure: the gateway and
 /// persistence by pid, NATS and Postgres by process name (all of Postgres's backends), and the
 /// bench itself.
+/// With several persistence replicas, `persistence` is their sum and `persistence 1`,
+/// `persistence 2` ... each one's.
 #[derive(Clone, Debug, Default)]
 pub struct CpuSample {
     at: Option<Instant>,
-    seconds: BTreeMap<&'static str, f64>,
+    seconds: BTreeMap<String, f64>,
 }
 
 impl CpuSample {
-    pub fn take(gateway: Option<u32>, persistence: Option<u32>) -> CpuSample {
+    pub fn take(gateway: Option<u32>, persistence: &[u32]) -> CpuSample {
         let mut seconds = BTreeMap::new();
-        let mut add = |name: &'static str, s: Option<f64>| {
-            *seconds.entry(name).or_insert(0.0) += s.unwrap_or(0.0);
+        let mut add = |name: &str, s: Option<f64>| {
+            *seconds.entry(name.to_owned()).or_insert(0.0) += s.unwrap_or(0.0);
         };
         add("gateway", gateway.and_then(cpu_seconds));
-        add("persistence", persistence.and_then(cpu_seconds));
+        for (n, &pid) in persistence.iter().enumerate() {
+            let s = cpu_seconds(pid);
+            add("persistence", s);
+            if persistence.len() > 1 {
+                add(&format!("persistence {}", n + 1), s);
+            }
+        }
         add("bench", cpu_seconds(std::process::id()));
         if let Ok(dir) = std::fs::read_dir("/proc") {
             for pid in dir
@@ -299,7 +457,7 @@ impl CpuSample {
 
     /// Cores used by each part between `earlier` and this sample (1.0 = one core busy).
     /// Postgres backends that ended in between are not counted.
-    pub fn cores_since(&self, earlier: &CpuSample) -> BTreeMap<&'static str, f64> {
+    pub fn cores_since(&self, earlier: &CpuSample) -> BTreeMap<String, f64> {
         let (Some(now), Some(then)) = (self.at, earlier.at) else {
             return BTreeMap::new();
         };
@@ -308,8 +466,39 @@ impl CpuSample {
             .iter()
             .map(|(k, v)| {
                 let before = earlier.seconds.get(k).copied().unwrap_or(0.0);
-                (*k, ((v - before) / wall * 100.0).round() / 100.0)
+                (k.clone(), ((v - before) / wall * 100.0).round() / 100.0)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_partition_reads_each_partitions_value_of_one_gauge() {
+        let text = "# TYPE parley_persist_partition_lag gauge\n\
+                    parley_persist_partition_lag{partition=\"0\"} 12\n\
+                    parley_persist_partition_lag{partition=\"15\"} 0\n\
+                    parley_persist_partition_owned{partition=\"0\"} 1\n";
+        let lag = per_partition(text, "parley_persist_partition_lag");
+        assert_eq!(lag, BTreeMap::from([(0, 12.0), (15, 0.0)]));
+        assert_eq!(
+            per_partition(text, "parley_persist_partition_owned").len(),
+            1
+        );
+    }
+
+    #[test]
+    fn histogram_mean_adds_up_the_replicas_histograms() {
+        let one = "parley_persist_batch_size_sum 300\nparley_persist_batch_size_count 3\n";
+        let two = "parley_persist_batch_size_sum 100\nparley_persist_batch_size_count 1\n";
+        let both = [one, two].concat();
+        assert_eq!(
+            histogram_mean(&both, "parley_persist_batch_size"),
+            Some(100.0)
+        );
+        assert_eq!(histogram_mean("", "parley_persist_batch_size"), None);
     }
 }
