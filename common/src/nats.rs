@@ -57,6 +57,26 @@ pub async fn connect(
     Ok(client)
 }
 
+/// Asks the server at `cfg.url` which version it runs, and refuses one older than Parley
+/// supports with the typed [`NatsTooOld`](crate::nats_version::NatsTooOld), which the binary
+/// turns into exit 64. A server that does not answer passes: the role's own connect reports
+/// that, with its own message.
+pub async fn require_supported_server(
+    cfg: &NatsConfig,
+) -> Result<(), crate::nats_version::NatsTooOld> {
+    let Ok(client) = async_nats::ConnectOptions::new()
+        .name("parley-version-check")
+        .connection_timeout(Duration::from_secs(5))
+        .connect(cfg.url.as_str())
+        .await
+    else {
+        return Ok(());
+    };
+    let checked = crate::nats_version::check(&client.server_info().version);
+    drop(client);
+    checked
+}
+
 /// NATS could not be reached or a stream could not be declared; the message says which.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

@@ -114,13 +114,11 @@ impl Role {
     }
 }
 
-/// 64 when the NATS server is older than Parley supports: like a bad setting, it is the
-/// deployment that is wrong, and a restart will not help. 1 for any other failure.
-///
-/// The roles' error types keep NATS errors as text (`persistence::Error::Nats(String)`), so
-/// the refusal is recognised by the words its message always carries.
+/// 64 when the NATS server is older than Parley supports (the roles check it before they
+/// build): like a bad setting, it is the deployment that is wrong, and a restart will not help.
+/// 1 for any other failure.
 fn failure_code(e: &anyhow::Error) -> ExitCode {
-    if NatsTooOld::is_in(&format!("{e:#}")) {
+    if e.downcast_ref::<NatsTooOld>().is_some() {
         ExitCode::from(EXIT_CONFIG)
     } else {
         ExitCode::FAILURE

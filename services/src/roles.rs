@@ -47,6 +47,16 @@ pub enum Config {
 }
 
 impl Config {
+    /// The NATS server the role connects to, if it connects to one.
+    fn nats(&self) -> Option<&parley_common::config::NatsConfig> {
+        match self {
+            Config::Gateway { gateway, .. } | Config::All { gateway, .. } => Some(&gateway.nats),
+            Config::Persistence { persistence, .. } => Some(&persistence.nats),
+            Config::Auth { auth, .. } => Some(&auth.nats),
+            Config::Migrate { .. } | Config::RotateKey { .. } | Config::Probe { .. } => None,
+        }
+    }
+
     pub fn from_env(role: Role, env: &Env) -> Result<Self, ConfigError> {
         let admin_port = || port(env, "ADMIN_PORT", 9100);
         Ok(match role {
@@ -95,6 +105,9 @@ pub async fn run(
             shutdown.await;
             stop.cancel();
         });
+    }
+    if let Some(nats) = config.nats() {
+        parley_common::nats::require_supported_server(nats).await?;
     }
     match config {
         Config::Probe { admin_port } => {
