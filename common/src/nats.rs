@@ -159,9 +159,13 @@ pub fn partitions_of(config: &stream::Config) -> Option<u16> {
 /// Whether `PARLEY_IN` as found may be brought to `wanted`: a stream's partition count (or its
 /// lack of partitions) changes only while it is empty, so no stored command is stranded under
 /// a subject no consumer reads.
-fn check_partitions(found: &stream::Info, wanted: StreamSettings) -> Result<(), SetupError> {
-    let had = partitions_of(&found.config);
-    if had == Some(wanted.partitions) || found.state.messages == 0 {
+fn check_partitions(
+    found: &stream::Config,
+    messages: u64,
+    wanted: StreamSettings,
+) -> Result<(), SetupError> {
+    let had = partitions_of(found);
+    if had == Some(wanted.partitions) || messages == 0 {
         return Ok(());
     }
     let had = had.map_or_else(|| "no partitions".to_owned(), |n| format!("{n} partitions"));
@@ -169,7 +173,7 @@ fn check_partitions(found: &stream::Info, wanted: StreamSettings) -> Result<(), 
         "stream {} has {had} and holds {} commands, but PARLEY_PARTITIONS is {}: the partition \
          count changes only on an empty stream (stop the gateways, let persistence drain the \
          stream, then restart every role with the new count; see docs/durability.md)",
-        found.config.name, found.state.messages, wanted.partitions
+        found.name, messages, wanted.partitions
     )))
 }
 /// The configuration of `PARLEY_DLQ`: commands that can never succeed, kept for two weeks.
@@ -233,7 +237,10 @@ pub async fn ensure_streams(
     settings: StreamSettings,
 ) -> Result<(), SetupError> {
     match js.get_stream(subjects.stream_in()).await {
-        Ok(found) => check_partitions(found.cached_info(), settings)?,
+        Ok(found) => {
+            let info = found.cached_info();
+            check_partitions(&info.config, info.state.messages, settings)?;
+        }
         Err(e)
             if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
                 if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {}
@@ -292,6 +299,69 @@ pub async fn deliver(
             .await
         {
             tracing::warn!(error = %e, "cannot publish a delivery event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(partitions: u16) -> StreamSettings {
+        StreamSettings {
+            replicas: 1,
+            partitions,
+        }
+    }
+
+    #[test]
+    fn the_partition_count_is_read_back_from_the_stream_config() {
+        let subjects = Subjects::new("parley").unwrap();
+        for p in [1, 16, 1024] {
+            assert_eq!(
+                partitions_of(&stream_in_config(&subjects, settings(p))),
+                Some(p)
+            );
+        }
+        assert_eq!(partitions_of(&stream::Config::default()), None);
+    }
+
+    #[test]
+    fn the_partition_count_changes_only_on_an_empty_stream() {
+        let subjects = Subjects::new("parley").unwrap();
+        let sixteen = stream_in_config(&subjects, settings(16));
+        assert!(check_partitions(&sixteen, 500, settings(16)).is_ok());
+        assert!(check_partitions(&sixteen, 0, settings(8)).is_ok());
+        let refused = check_partitions(&sixteen, 500, settings(8)).unwrap_err().0;
+        assert!(
+            refused.contains("16 partitions")
+                && refused.contains("500 commands")
+                && refused.contains("PARLEY_PARTITIONS is 8")
+                && refused.contains("docs/durability.md"),
+            "{refused}"
+        );
+        let before = stream::Config {
+            name: "PARLEY_IN".into(),
+            ..Default::default()
+        };
+        assert!(check_partitions(&before, 0, settings(16)).is_ok());
+        let refused = check_partitions(&before, 3, settings(16)).unwrap_err().0;
+        assert!(refused.contains("has no partitions"), "{refused}");
+    }
+
+    #[test]
+    fn partitions_from_the_environment_are_checked() {
+        use crate::config::Env;
+        let read = |v: &str| StreamSettings::from_env(&Env::from_pairs([("PARLEY_PARTITIONS", v)]));
+        assert_eq!(read("8").unwrap().partitions, 8);
+        assert_eq!(
+            StreamSettings::from_env(&Env::default())
+                .unwrap()
+                .partitions,
+            16
+        );
+        for bad in ["0", "1025", "-1", "many"] {
+            assert!(read(bad).is_err(), "{bad}");
         }
     }
 }

@@ -10,7 +10,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-use crate::helpers::{PATIENCE, Role, TestEnv, WsClient, eventually, within};
+use crate::helpers::{PATIENCE, Role, TestEnv, WsClient, eventually, free_port, within};
 
 const PAIRS: usize = 20;
 const SENDS: usize = 300;
@@ -235,4 +235,52 @@ fn owned_partitions_are_read_from_the_metrics_text() {
                 parley_persist_partition_owned{partition=\"4\"} 0\n\
                 parley_persist_partition_owned{partition=\"12\"} 1\n";
     assert_eq!(owned(text), BTreeSet::from([3, 12]));
+}
+
+/// A role given another partition count than the stream's refuses to start while the stream
+/// holds commands, naming both counts and the migration; once the stream is empty the count
+/// changes, and the consumers of partitions the stream no longer has are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partition_count_changes_only_on_an_empty_stream() {
+    let env = TestEnv::new().await;
+    // The stream made with 16 partitions, and their consumers.
+    let first = Role::start(&env, "persistence", &[]).await;
+    first.terminate();
+    assert!(first.exited().await.success());
+    let js = async_nats::jetstream::new(env.nats().await);
+    env.publish_command(&js, uuid::Uuid::now_v7(), "{}".into())
+        .await;
+
+    let mut cmd = env.parley_role("persistence", free_port(), free_port());
+    cmd.env("PARLEY_PARTITIONS", "8")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let out = tokio::time::timeout(PATIENCE, cmd.output())
+        .await
+        .expect("exited in time")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("has 16 partitions")
+            && stderr.contains("holds 1 commands")
+            && stderr.contains("PARLEY_PARTITIONS is 8"),
+        "{stderr}"
+    );
+
+    let stream_name = format!("{}_IN", env.prefix.to_uppercase());
+    js.get_stream(&stream_name)
+        .await
+        .unwrap()
+        .purge()
+        .await
+        .expect("drain the stream");
+    let _persistence = Role::start(&env, "persistence", &[("PARLEY_PARTITIONS", "8".into())]).await;
+    let stream = js.get_stream(&stream_name).await.unwrap();
+    let mut names: Vec<String> = stream.consumer_names().map(|n| n.unwrap()).collect().await;
+    names.sort();
+    let upper = env.prefix.to_uppercase();
+    let mut wanted: Vec<String> = (0..8).map(|p| format!("{upper}_PERSIST_{p}")).collect();
+    wanted.sort();
+    assert_eq!(names, wanted);
 }
