@@ -174,7 +174,8 @@ impl Subjects {
         format!("{}_DLQ", self.upper)
     }
 
-    /// The durable pull consumer that persistence replicas share.
+    /// The single durable consumer of `PARLEY_IN` before partitions; also the stem of each
+    /// partition's consumer name ([`Subjects::consumer_partition`]).
     pub fn consumer_persist(&self) -> String {
         format!("{}_PERSIST", self.upper)
     }
