@@ -424,7 +424,7 @@ impl Owner {
         self.write_held(chunks, release).await;
     }
 
-    /// Writes the held commands in stream order, once it is safe to.
+    /// Writes the held commands in stream order, a batch at a time, once it is safe to.
     async fn write_held(&mut self, chunks: &mut Chunks, release: &CancellationToken) {
         if self.held.is_empty() {
             return;
@@ -439,7 +439,21 @@ impl Owner {
             }
             self.verified = true;
         }
-        let batch = in_stream_order(std::mem::take(&mut self.held));
+        let mut held = in_stream_order(std::mem::take(&mut self.held));
+        while !held.is_empty() {
+            let rest = held.split_off(held.len().min(self.writer.batch_size));
+            let batch = std::mem::replace(&mut held, rest);
+            self.write_batch(batch, chunks, release).await;
+        }
+    }
+
+    /// Writes one batch, then announces it after the previous one, while the next is written.
+    async fn write_batch(
+        &mut self,
+        batch: Vec<jetstream::Message>,
+        chunks: &mut Chunks,
+        release: &CancellationToken,
+    ) {
         let span = tracing::info_span!(
             "persist.batch",
             partition = self.partition.number,
@@ -455,9 +469,7 @@ impl Owner {
         else {
             return;
         };
-        // Announced after the previous batch, while the next one is written.
-        let before = self.in_flight.take();
-        if let Some(before) = before {
+        if let Some(before) = self.in_flight.take() {
             let _ = before.await;
         }
         let writer = self.writer.clone();
@@ -466,23 +478,35 @@ impl Owner {
         ));
     }
 
-    /// True when every unacknowledged command of the partition is in this replica's hands, so
-    /// nothing older than what it holds can still be written by someone else.
+    /// True when every unacknowledged command of the partition is in this replica's hands or on
+    /// its way to them, so nothing older than what it holds can still be written by someone else
+    /// (see [`nothing_elsewhere`]).
     async fn verify(&self) -> bool {
-        let held: BTreeSet<u64> = self
-            .held
-            .iter()
-            .filter_map(|m| m.info().ok().map(|i| i.stream_sequence))
-            .collect();
+        let mut held = BTreeSet::new();
+        let mut held_redelivered = 0;
+        for info in self.held.iter().filter_map(|m| m.info().ok()) {
+            if held.insert(info.stream_sequence) && info.delivered > 1 {
+                held_redelivered += 1;
+            }
+        }
+        let last_seen = self.next_delivery.unwrap_or(1) - 1;
         match self.partition.consumer.get_info().await {
-            Ok(info) if info.num_ack_pending <= held.len() => true,
             Ok(info) => {
-                tracing::info!(
-                    partition = self.partition.number,
-                    elsewhere = info.num_ack_pending - held.len(),
-                    "waiting for commands a previous owner held"
-                );
-                false
+                let state = ConsumerState {
+                    ack_pending: info.num_ack_pending,
+                    redelivered_pending: info.num_redelivered,
+                    last_delivered: info.delivered.consumer_sequence,
+                };
+                let ok = nothing_elsewhere(&state, held.len(), held_redelivered, last_seen);
+                if !ok {
+                    tracing::info!(
+                        partition = self.partition.number,
+                        ack_pending = info.num_ack_pending,
+                        held = held.len(),
+                        "waiting for commands another owner holds"
+                    );
+                }
+                ok
             }
             Err(e) => {
                 tracing::warn!(partition = self.partition.number, error = %e, "cannot read the partition's consumer");
@@ -635,6 +659,36 @@ impl Owner {
             }
         }
     }
+}
+
+/// What a partition's consumer says of the commands it handed out.
+#[derive(Debug, Clone, Copy)]
+struct ConsumerState {
+    /// Handed out and not acknowledged.
+    ack_pending: usize,
+    /// Of those, handed out more than once.
+    redelivered_pending: usize,
+    /// The consumer sequence of the last delivery, to anyone.
+    last_delivered: u64,
+}
+
+/// Whether an owner that holds `held` unacknowledged commands (`held_redelivered` of them
+/// delivered more than once), and has seen deliveries up to consumer sequence `last_seen`, may
+/// write: every command handed out and not acknowledged is in its hands or on its way to them.
+/// Deliveries after `last_seen` are on their way to it (a pinned client gets every delivery; one
+/// that went elsewhere shows as a gap later, and is checked then). Those first delivered come in
+/// stream order, after everything held; a redelivery on its way may be older than what is held,
+/// so while one is, the owner waits for it.
+fn nothing_elsewhere(
+    state: &ConsumerState,
+    held: usize,
+    held_redelivered: usize,
+    last_seen: u64,
+) -> bool {
+    let on_the_way =
+        usize::try_from(state.last_delivered.saturating_sub(last_seen)).unwrap_or(usize::MAX);
+    state.ack_pending <= held.saturating_add(on_the_way)
+        && state.redelivered_pending <= held_redelivered
 }
 
 /// The messages of a chunk, and whether the pull reported an error (logged here).
@@ -1025,4 +1079,47 @@ async fn apply_read(
         },
         participants,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(ack_pending: usize, redelivered_pending: usize, last_delivered: u64) -> ConsumerState {
+        ConsumerState {
+            ack_pending,
+            redelivered_pending,
+            last_delivered,
+        }
+    }
+
+    #[test]
+    fn an_owner_holding_everything_handed_out_may_write() {
+        assert!(nothing_elsewhere(&state(0, 0, 0), 0, 0, 0));
+        assert!(nothing_elsewhere(&state(50, 0, 50), 50, 0, 50));
+    }
+
+    #[test]
+    fn deliveries_on_their_way_to_the_owner_do_not_hold_it_back() {
+        // Under a steady load the consumer has handed out more than the owner has read yet.
+        assert!(nothing_elsewhere(&state(80, 0, 130), 50, 0, 100));
+    }
+
+    #[test]
+    fn commands_a_dead_owner_held_hold_the_new_owner_back() {
+        // 20 handed to the old owner (never acked), 50 to the new one.
+        assert!(!nothing_elsewhere(&state(70, 0, 70), 50, 0, 70));
+        // After the ack wait they are on their way back: redelivered, maybe older than what is
+        // held, so the owner waits until they arrive...
+        assert!(!nothing_elsewhere(&state(70, 20, 90), 50, 0, 70));
+        assert!(!nothing_elsewhere(&state(70, 20, 90), 60, 10, 80));
+        // ...and writes once they all have.
+        assert!(nothing_elsewhere(&state(70, 20, 90), 70, 20, 90));
+    }
+
+    #[test]
+    fn commands_given_back_and_not_yet_redelivered_hold_the_new_owner_back() {
+        // A released partition's 10 unwritten commands were nak'ed: pending, not yet redelivered.
+        assert!(!nothing_elsewhere(&state(60, 0, 110), 50, 0, 110));
+    }
 }
