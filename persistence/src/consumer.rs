@@ -708,21 +708,22 @@ fn collect(items: Vec<PullItem>) -> (Vec<jetstream::Message>, bool) {
 }
 
 /// Commands sorted by stream sequence, each once (the latest delivery of a redelivered one).
-fn in_stream_order(mut batch: Vec<jetstream::Message>) -> Vec<jetstream::Message> {
-    let seq = |m: &jetstream::Message| m.info().map(|i| i.stream_sequence).unwrap_or(0);
+/// Each message's ack subject is parsed once.
+fn in_stream_order(batch: Vec<jetstream::Message>) -> Vec<jetstream::Message> {
+    let mut keyed: Vec<(u64, jetstream::Message)> = batch
+        .into_iter()
+        .map(|m| (m.info().map(|i| i.stream_sequence).unwrap_or(0), m))
+        .collect();
     // Stable: for one sequence, later deliveries stay after earlier ones.
-    batch.sort_by_key(seq);
-    let mut out: Vec<jetstream::Message> = Vec::with_capacity(batch.len());
-    for msg in batch {
-        if out
-            .last()
-            .is_some_and(|last| seq(last) == seq(&msg) && seq(&msg) != 0)
-        {
+    keyed.sort_by_key(|(seq, _)| *seq);
+    let mut out: Vec<(u64, jetstream::Message)> = Vec::with_capacity(keyed.len());
+    for (seq, msg) in keyed {
+        if out.last().is_some_and(|(last, _)| *last == seq && seq != 0) {
             out.pop();
         }
-        out.push(msg);
+        out.push((seq, msg));
     }
-    out
+    out.into_iter().map(|(_, m)| m).collect()
 }
 
 /// Exponential backoff from 100 ms to 5 s, cut short by `stop`.
