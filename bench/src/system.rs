@@ -313,12 +313,21 @@ fn per_partition(text: &str, name: &str) -> BTreeMap<u16, f64> {
 
 /// A port free on every address, below the ephemeral range: the bench's own client sockets
 /// take ephemeral ports on 127.0.0.x by the thousand (and linger in TIME_WAIT), so a port the
-/// kernel picks there may be taken again before a role binds it.
+/// kernel picks there may be taken again before a role binds it. Each bench process starts at
+/// a random point of the range (not at its pid: benches started together have neighbouring
+/// pids, and two of them would test and hand out the same ports before either role bound one).
 fn free_port() -> anyhow::Result<u16> {
+    use std::hash::{BuildHasher, Hasher};
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    static START: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
     const LOW: u16 = 20_000;
     const SPAN: u16 = 12_000;
-    let start = (std::process::id() % u32::from(SPAN)) as u16;
+    let start = *START.get_or_init(|| {
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        (random % u64::from(SPAN)) as u16
+    });
     for _ in 0..SPAN {
         let port = LOW + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN;
         if TcpListener::bind(("0.0.0.0", port)).is_ok() {

@@ -205,23 +205,15 @@ async fn partitions_are_shared_evenly_and_taken_over_from_a_killed_replica() {
     let killed: BTreeSet<u16> = settled[0].clone();
 
     replicas.remove(0).kill().await;
+    // Settled means 8 each: on the way there a survivor may still hold a partition it hands to
+    // the other while it already writes the killed replica's (9 and 7, all 16 owned once).
     let after = within(Duration::from_secs(3 + 5), || async {
         let shares = shares(&replicas).await?;
         let all: BTreeSet<u16> = shares.iter().flatten().copied().collect();
-        let disjoint = shares.iter().map(BTreeSet::len).sum::<usize>() == 16;
-        (all.len() == 16 && disjoint).then_some(shares)
+        let even = shares.iter().all(|s| s.len() == 8);
+        (all.len() == 16 && even).then_some(shares)
     })
     .await;
-    let counts: BTreeMap<usize, usize> = after
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (i, s.len()))
-        .collect();
-    assert_eq!(
-        counts.values().copied().collect::<Vec<_>>(),
-        [8, 8],
-        "{after:?}"
-    );
     assert!(
         killed.iter().all(|p| after.iter().any(|s| s.contains(p))),
         "the killed replica's partitions {killed:?} all have a new owner: {after:?}"
