@@ -237,7 +237,7 @@ impl ServerEvent {
     }
 }
 
-/// `error` `{code, message, clientMsgId?}`.
+/// `error` `{code, message, clientMsgId?, closeCode?}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorEvent {
@@ -245,6 +245,10 @@ pub struct ErrorEvent {
     pub message: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
+    /// On a transport without close frames (Socket.IO), the last event before the server
+    /// disconnects: the WebSocket close code `/ws` would have sent (1008, 4001, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
 }
 
 /// A send, as the gateway publishes it to `{p}.in.msg.<conversation>` once the sender is known
@@ -302,6 +306,7 @@ mod tests {
             code: ErrorCode::TooLarge,
             message: "too long".into(),
             client_msg_id: Some("c1".into()),
+            close_code: None,
         });
         assert_eq!(
             serde_json::to_value(&ev).unwrap(),

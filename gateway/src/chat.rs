@@ -93,6 +93,16 @@ impl ChatClient {
             return Ok(members);
         }
         // Not cached, or cached without this user (who may have just joined): ask.
+        self.members_fresh(conversation, user).await
+    }
+
+    /// The members of `conversation` when `user` is one of them, asked of persistence (the
+    /// authority) whatever is cached; `forbidden` otherwise.
+    pub async fn members_fresh(
+        &self,
+        conversation: Uuid,
+        user: &UserId,
+    ) -> Result<Arc<[String]>, ApiError> {
         let raw = self
             .call(
                 ChatOp::Members,

@@ -47,6 +47,12 @@ pub struct Limits {
     pub flood_strikes: u32,
     /// Sockets one user may hold on one gateway (`PARLEY_MAX_CONNECTIONS_PER_USER`).
     pub max_connections_per_user: usize,
+    /// How long writing one frame to a client may take before the client counts as not reading
+    /// and is dropped (`PARLEY_WRITE_TIMEOUT_SECONDS`, default 10).
+    pub write_timeout: Duration,
+    /// Sockets (both transports, and Socket.IO handshakes not yet authenticated) one client
+    /// address may hold on one gateway (`PARLEY_MAX_SOCKETS_PER_ADDRESS`, default 200).
+    pub max_sockets_per_address: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +66,8 @@ impl Default for Limits {
             send_burst: 200.0,
             flood_strikes: 200,
             max_connections_per_user: 20,
+            write_timeout: Duration::from_secs(10),
+            max_sockets_per_address: 200,
         }
     }
 }
@@ -77,8 +85,26 @@ impl GatewayConfig {
                 "PARLEY_MAX_CONNECTIONS_PER_USER",
                 d.max_connections_per_user,
             )?,
+            flood_strikes: env.parse_or("PARLEY_FLOOD_STRIKES", d.flood_strikes)?,
+            write_timeout: Duration::from_secs(
+                env.parse_or("PARLEY_WRITE_TIMEOUT_SECONDS", d.write_timeout.as_secs())?,
+            ),
+            max_sockets_per_address: env
+                .parse_or("PARLEY_MAX_SOCKETS_PER_ADDRESS", d.max_sockets_per_address)?,
             ..d
         };
+        if limits.write_timeout.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_WRITE_TIMEOUT_SECONDS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if limits.max_sockets_per_address == 0 {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_MAX_SOCKETS_PER_ADDRESS",
+                reason: "must be at least 1".into(),
+            });
+        }
         if limits.outbound_queue < 16 {
             return Err(ConfigError::Invalid {
                 name: "PARLEY_OUTBOUND_QUEUE",

@@ -83,6 +83,15 @@ impl Attachment {
     pub fn limiter(&self) -> UserLimiter {
         UserLimiter(self.entry.clone())
     }
+
+    /// The socket now speaks for Parley session `session` (an `auth:refresh` with another
+    /// session's token): signing out of that session ends it, signing out of the old one no
+    /// longer does.
+    pub fn rebind_session(&self, session: Option<String>) {
+        if let Some((fanout, user, id)) = &self.detach {
+            fanout.rebind(user, *id, session);
+        }
+    }
 }
 
 /// The user's rate limit, shared by all their sockets on this gateway.
@@ -251,6 +260,15 @@ impl Fanout {
                 // Dropping the subscription with the task unsubscribes at the server.
                 task.abort();
             }
+        }
+    }
+
+    fn rebind(&self, user: &UserId, id: u64, session: Option<String>) {
+        let users = self.users.lock().expect("fanout lock");
+        let Some(entry) = users.get(user) else { return };
+        let mut sockets = entry.sockets.write().expect("sockets lock");
+        if let Some(sink) = sockets.iter_mut().find(|s| s.id == id) {
+            sink.session = session;
         }
     }
 

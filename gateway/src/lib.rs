@@ -26,6 +26,7 @@
 //! - [`web`]: the web chat app's files at `/`.
 //! - [`startup`]: [`startup::Application`], which binds, serves and drains.
 
+pub mod addresses;
 pub mod auth;
 pub mod chat;
 pub mod config;

@@ -32,6 +32,13 @@ pub struct TransportLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabels {
+    pub transport: Transport,
+    /// A fixed set: the labels of `session::connection::End`.
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CodeLabel {
     pub code: ErrorCode,
 }
@@ -40,6 +47,7 @@ pub struct CodeLabel {
 #[derive(Clone)]
 pub struct GatewayMetrics {
     pub connections: Family<TransportLabel, Gauge>,
+    pub closed: Family<ClosedLabels, Counter>,
     pub accepted: Counter,
     pub rejected: Family<CodeLabel, Counter>,
     pub delivered: Counter,
@@ -60,6 +68,7 @@ impl GatewayMetrics {
     fn register() -> Self {
         let m = Self {
             connections: Family::default(),
+            closed: Family::default(),
             accepted: Counter::default(),
             rejected: Family::default(),
             delivered: Counter::default(),
@@ -72,6 +81,11 @@ impl GatewayMetrics {
                 "connections",
                 "Open client connections, by transport",
                 m.connections.clone(),
+            );
+            r.register(
+                "connections_closed",
+                "Client connections ended, by transport and reason",
+                m.closed.clone(),
             );
             r.register(
                 "messages_accepted",
@@ -114,6 +128,13 @@ impl GatewayMetrics {
     pub fn published(&self, took: Duration) {
         self.accepted.inc();
         self.publish_latency.observe(took.as_secs_f64());
+    }
+
+    /// Counts a connection that ended, with why (`End::label`).
+    pub fn closed(&self, transport: Transport, reason: &'static str) {
+        self.closed
+            .get_or_create(&ClosedLabels { transport, reason })
+            .inc();
     }
 
     /// Counts a connection until the guard drops.

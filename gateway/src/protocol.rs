@@ -15,7 +15,7 @@ use uuid::Uuid;
 /// The largest request id echoed back, in bytes of JSON.
 const MAX_ID_BYTES: usize = 100;
 /// A W3C `traceparent` is 55 bytes; longer ones are not one.
-const MAX_TRACEPARENT_BYTES: usize = 64;
+pub const MAX_TRACEPARENT_BYTES: usize = 64;
 
 /// One `/ws` text frame: `{"type": EVENT, "id": REQ_ID?, "data": {...}}`.
 #[derive(Debug)]

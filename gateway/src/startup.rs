@@ -79,6 +79,7 @@ impl Application {
             jwks: Arc::new(JwksCache::new(client.clone(), subjects.clone())),
             subjects,
             js,
+            addresses: crate::addresses::AddressCounter::new(config.limits.max_sockets_per_address),
             limits: config.limits,
             metrics,
             draining: CancellationToken::new(),
@@ -117,8 +118,12 @@ impl Application {
             .merge(rest::routes())
             .merge(openapi::routes())
             .merge(web::routes(web_dir))
-            .with_state(state)
+            .with_state(state.clone())
             .layer(socketio)
+            .layer(axum::middleware::from_fn_with_state(
+                state,
+                socketio::admit_handshake,
+            ))
     }
 
     /// Serves until `shutdown` resolves, then drains: `/readyz` turns false, no new connections

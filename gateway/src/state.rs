@@ -8,6 +8,7 @@ use parley_common::subjects::Subjects;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::addresses::AddressCounter;
 use crate::chat::ChatClient;
 use crate::config::Limits;
 use crate::fanout::Fanout;
@@ -28,6 +29,8 @@ pub struct Shared {
     pub presence: Arc<Presence>,
     pub typing: Arc<Typing>,
     pub limits: Limits,
+    /// Sockets per client address (`PARLEY_MAX_SOCKETS_PER_ADDRESS`).
+    pub addresses: Arc<AddressCounter>,
     pub metrics: Arc<GatewayMetrics>,
     /// Cancelled when the gateway drains: every socket says goodbye and closes.
     pub draining: CancellationToken,

@@ -807,6 +807,7 @@ impl Writer {
             code,
             message: message.into(),
             client_msg_id: Some(cmd.client_msg_id.as_str().to_owned()),
+            close_code: None,
         })
         .to_json();
         if let Err(e) = self

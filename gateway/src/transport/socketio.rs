@@ -1,35 +1,55 @@
 //! Socket.IO v4 at `/socket.io/` on the gateway's port (socketioxide as a layer on the axum
 //! router), namespace `/`: what apps moving from a Node Socket.IO server already speak
-//! (DESIGN §6). It only translates: events go through the same [`Command`] parsing and the same
-//! [`Session`] as `/ws`; requests are answered with Socket.IO acknowledgements (the same
-//! `{ok, ...}` envelope), and server events are plain emits.
+//! (DESIGN §6). Only a codec: events become the same requests as `/ws` frames and run through
+//! the same connection ([`crate::session::connection`]); requests are answered with Socket.IO
+//! acknowledgements (the same `{ok, ...}` envelope), and server events are plain emits.
 //!
 //! Authentication is connect middleware: `auth.token` from the handshake, else the session
 //! cookies. A refused connect reaches the client as `connect_error` with the message
-//! `Authentication error`, whatever the reason (the reason is logged).
+//! `Authentication error`, whatever the reason (the reason is logged). Nothing of a connection
+//! is kept before it authenticates but Engine.IO's own session, which is dropped when the
+//! client does not connect within [`CONNECT_TIMEOUT`], and counted against its address.
+//!
+//! Packets are taken off the socket in order, synchronously, as socketioxide reads them (an
+//! extractor, run before socketioxide spawns a handler), and queued for the connection, which
+//! reads them like `/ws` frames. A client that keeps more than the queue holds unread is a
+//! flood.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use axum::extract::{ConnectInfo, Request as HttpRequest};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use parley_auth::Verified;
-use parley_common::wire::{ApiError, ErrorCode, ErrorEvent, ServerEvent};
+use parley_common::wire::{ApiError, ErrorEvent, ServerEvent};
 use serde::Deserialize;
 use serde_json::Value;
-use socketioxide::SocketIo;
+use socketioxide::adapter::LocalAdapter;
 use socketioxide::extract::{AckSender, Event, SocketRef, State, TryData};
 use socketioxide::handler::{ConnectHandler, FromMessageParts};
 use socketioxide::layer::SocketIoLayer;
 use socketioxide::socket::{DisconnectReason, Socket};
-use tokio::sync::{Mutex, watch};
-use tokio::time::Instant;
+use socketioxide::{SendError, SocketError, SocketIo};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
+use crate::addresses::AddressGuard;
 use crate::auth::authenticate;
-use crate::fanout::{AttachError, Attachment, UserLimiter};
-use crate::protocol::Command;
-use crate::session::{Dispatch, Session};
+use crate::fanout::Attachment;
+use crate::metrics::Transport;
+use crate::session::Answer;
+use crate::session::connection::{self, Codec, End, Identity, Incoming, Request};
 use crate::state::AppState;
+
+/// How long a client has from the Engine.IO handshake to an authenticated connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Engine.IO's heartbeat: a ping every this often, answered within the write timeout, or the
+/// socket is closed (a client that stopped reading never answers).
+const PING_INTERVAL: Duration = Duration::from_secs(25);
 
 /// The Socket.IO layer to mount on the router, and its handle.
 pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
@@ -41,10 +61,49 @@ pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
         .ws_read_buffer_size(4 * 1024)
         .ws_max_message_size(max)
         .ws_max_frame_size(max)
+        .connect_timeout(CONNECT_TIMEOUT)
+        .ping_interval(PING_INTERVAL)
+        .ping_timeout(state.limits.write_timeout)
         .with_state(state)
         .build_layer();
     io.ns("/", on_connect.with(authenticate_connect));
     (layer, io)
+}
+
+/// Middleware in front of the Socket.IO layer: a request that opens an Engine.IO session (no
+/// `sid` yet) takes a place of its address's socket cap until the connect timeout, so one
+/// address cannot pile up sessions that never authenticate.
+pub async fn admit_handshake(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: HttpRequest,
+    next: Next,
+) -> Response {
+    let opens_session = req.uri().path().starts_with("/socket.io")
+        && !req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .any(|kv| kv.starts_with("sid="));
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    if let (true, Some(peer)) = (opens_session, peer) {
+        let Some(place) = state.addresses.acquire(peer.ip()) else {
+            tracing::info!(address = %peer.ip(), "refusing a Socket.IO handshake: too many from this address");
+            let body = serde_json::json!({ "error": ApiError::new(
+                parley_common::wire::ErrorCode::RateLimited,
+                "too many connections from this address",
+            )});
+            return (axum::http::StatusCode::TOO_MANY_REQUESTS, axum::Json(body)).into_response();
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(CONNECT_TIMEOUT).await;
+            drop(place);
+        });
+    }
+    next.run(req).await
 }
 
 /// The connect error every refusal shows, as the seed's clients expect.
@@ -65,20 +124,25 @@ struct AuthPayload {
     token: Option<String>,
 }
 
-/// A connection's state, kept in the socket's extensions.
+/// How a request is answered: its acknowledgement, when the client asked for one.
+type Reply = Option<AckSender>;
+
+/// A connection's link between socketioxide and its loop, kept in the socket's extensions.
 struct Conn {
-    session: Session,
-    limiter: UserLimiter,
-    /// The token's expiry; `auth:refresh` moves it.
-    exp: watch::Sender<i64>,
-    /// Messages are numbered as they arrive and started in that order, so one client's sends
-    /// keep their order although socketioxide runs each handler as its own task.
-    arrived: AtomicU64,
-    turn: watch::Sender<u64>,
-    /// Set at connect, taken by the pump task.
-    attachment: Mutex<Option<Attachment>>,
-    /// Cancelled when the socket goes, to stop the pump.
+    inbox: mpsc::Sender<Incoming<Reply>>,
+    /// Cancelled when the client sent more than the inbox holds.
+    overflow: CancellationToken,
+    /// Cancelled when the socket goes.
     gone: CancellationToken,
+    /// Set at connect, taken when the connection starts.
+    start: Mutex<Option<Start>>,
+}
+
+struct Start {
+    who: Identity,
+    attachment: Attachment,
+    inbox: mpsc::Receiver<Incoming<Reply>>,
+    place: Option<AddressGuard>,
 }
 
 #[derive(Clone)]
@@ -92,6 +156,21 @@ async fn authenticate_connect(
     if state.draining.is_cancelled() {
         return Err(AuthError);
     }
+    let peer = s
+        .req_parts()
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let place = match peer {
+        Some(ip) => match state.addresses.acquire(ip) {
+            Some(place) => Some(place),
+            None => {
+                tracing::info!(address = %ip, "refused a Socket.IO connection: too many from this address");
+                return Err(AuthError);
+            }
+        },
+        None => None,
+    };
     let token = auth.ok().and_then(|a| a.token);
     let verified: Verified = match authenticate(&state, token, &s.req_parts().headers).await {
         Ok(v) => v,
@@ -105,31 +184,37 @@ async fn authenticate_connect(
         .attach_session(
             &verified.user_id,
             verified.session_id.clone(),
-            crate::metrics::Transport::SocketIo,
+            Transport::SocketIo,
         )
         .await
     {
         Ok(a) => a,
-        Err(e @ (AttachError::TooManyConnections | AttachError::Unavailable)) => {
+        Err(e) => {
             tracing::info!(user = %verified.user_id, "refused a Socket.IO connection: {e}");
             return Err(AuthError);
         }
     };
-    let conn = Conn {
-        session: Session::new(state.clone(), verified.user_id.clone()),
-        limiter: attachment.limiter(),
-        exp: watch::Sender::new(verified.exp),
-        arrived: AtomicU64::new(0),
-        turn: watch::Sender::new(0),
-        attachment: Mutex::new(Some(attachment)),
+    // Room for what may arrive while every request in flight is still running.
+    let (tx, rx) = mpsc::channel(state.limits.max_inflight * 2);
+    let conn = Arc::new(Conn {
+        inbox: tx,
+        overflow: CancellationToken::new(),
         gone: CancellationToken::new(),
-    };
-    let conn = Arc::new(conn);
+        start: Mutex::new(Some(Start {
+            who: Identity {
+                user: verified.user_id,
+                exp: verified.exp,
+            },
+            attachment,
+            inbox: rx,
+            place,
+        })),
+    });
     s.extensions.insert(ConnRef(conn.clone()));
     // Handlers go in before the connection is acknowledged: socketioxide sends the connect
     // packet before it runs the connect handler, and a quick client's first request must not
     // arrive at a socket with no handler.
-    s.on_fallback(on_message);
+    s.on_fallback(async |_: Received| {});
     s.on_disconnect(async move |_: SocketRef, _: DisconnectReason| {
         conn.gone.cancel();
     });
@@ -141,77 +226,151 @@ async fn on_connect(s: SocketRef, State(state): State<AppState>) {
         let _ = s.disconnect();
         return;
     };
-    let Some(attachment) = conn.attachment.lock().await.take() else {
+    let Some(start) = conn.start.lock().expect("start lock").take() else {
         return;
     };
-    state
-        .sockets
-        .spawn(pump(s.clone(), state.clone(), conn, attachment));
+    let codec = SioCodec {
+        socket: s.clone(),
+        inbox: start.inbox,
+        overflow: conn.overflow.clone(),
+        gone: conn.gone.clone(),
+    };
+    let tracker = state.sockets.clone();
+    tracker.spawn(async move {
+        connection::run(codec, state, start.who, start.attachment).await;
+        drop(start.place);
+    });
 }
 
-/// Writes delivery events to the socket and ends it when it must end: drain, slowness,
-/// sign-out, expiry.
-async fn pump(s: SocketRef, state: AppState, conn: Arc<Conn>, mut attachment: Attachment) {
-    let mut exp_rx = conn.exp.subscribe();
-    // One round per token: `auth:refresh` starts the next with the new exp.
-    'token: loop {
-        let exp = *exp_rx.borrow_and_update();
-        let (deadline, warn_at) = super::expiry_deadlines(exp);
-        let mut warned = Instant::now() >= warn_at && {
-            emit_raw(&s, ServerEvent::TokenExpiring { exp }.to_json().as_ref());
-            true
+/// A packet taken off the socket and queued for the connection, in the order it arrived.
+/// socketioxide runs extractors as it reads a packet, before it spawns the handler (which has
+/// nothing left to do).
+struct Received;
+
+impl FromMessageParts<LocalAdapter> for Received {
+    type Error = Infallible;
+    fn from_message_parts(
+        s: &Arc<Socket<LocalAdapter>>,
+        v: &mut socketioxide::handler::Value,
+        ack_id: &Option<i64>,
+    ) -> Result<Self, Infallible> {
+        let Some(ConnRef(conn)) = s.extensions.get::<ConnRef>() else {
+            return Ok(Received);
         };
-        let warning = tokio::time::sleep_until(warn_at);
-        tokio::pin!(warning);
-        let expired = tokio::time::sleep_until(deadline);
-        tokio::pin!(expired);
-        loop {
-            tokio::select! {
-                biased;
-                () = conn.gone.cancelled() => return,
-                () = state.draining.cancelled() => {
-                    let jitter = super::reconnect_jitter_ms();
-                    emit_raw(&s, &ServerEvent::ServerDraining { reconnect_after_ms: jitter }.to_json());
-                    let _ = s.clone().disconnect();
-                    return;
-                }
-                () = attachment.revoked.cancelled() => {
-                    emit_error(&s, ErrorCode::Unauthenticated, "signed out", None);
-                    let _ = s.clone().disconnect();
-                    return;
-                }
-                () = attachment.slow.cancelled() => {
-                    let _ = s.clone().disconnect();
-                    return;
-                }
-                () = &mut expired => {
-                    emit_error(&s, ErrorCode::Unauthenticated, "token expired", None);
-                    let _ = s.clone().disconnect();
-                    return;
-                }
-                () = &mut warning, if !warned => {
-                    warned = true;
-                    emit_raw(&s, &ServerEvent::TokenExpiring { exp }.to_json());
-                }
-                changed = exp_rx.changed() => {
-                    if changed.is_err() { return; }
-                    continue 'token;
-                }
-                out = attachment.rx.recv() => {
-                    let Some(frame) = out else { return };
-                    if !emit_raw(&s, &frame) {
-                        let _ = s.clone().disconnect();
-                        return;
-                    }
-                }
+        let reply = ack_id.map(|_| {
+            let Ok(ack) = AckSender::from_message_parts(s, v, ack_id);
+            ack
+        });
+        let incoming = match Event::from_message_parts(s, v, ack_id) {
+            Ok(Event(event)) => {
+                let Ok(TryData(data)) = TryData::<Value>::from_message_parts(s, v, ack_id);
+                request(event, data.ok(), reply)
             }
+            Err(e) => Incoming::Bad {
+                error: ApiError::invalid(format!("malformed event: {e}")),
+                reply,
+            },
+        };
+        if let Err(mpsc::error::TrySendError::Full(_)) = conn.inbox.try_send(incoming) {
+            conn.overflow.cancel();
         }
+        Ok(Received)
     }
 }
 
-/// Emits a `/ws`-shaped frame `{"type", "data"}` as a Socket.IO event; false when the socket's
-/// buffer is full (the client is not reading).
-fn emit_raw(s: &SocketRef, frame: &[u8]) -> bool {
+/// An event and its data as a request; a `traceparent` in the data joins the client's trace
+/// and is not part of the command.
+fn request(event: String, mut data: Option<Value>, reply: Reply) -> Incoming<Reply> {
+    let traceparent = data
+        .as_mut()
+        .and_then(Value::as_object_mut)
+        .and_then(|o| o.remove("traceparent"))
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .filter(|t| t.len() <= crate::protocol::MAX_TRACEPARENT_BYTES);
+    Incoming::Request(Request {
+        event,
+        data: data.and_then(|v| serde_json::value::to_raw_value(&v).ok()),
+        traceparent,
+        reply,
+    })
+}
+
+/// A Socket.IO socket.
+struct SioCodec {
+    socket: SocketRef,
+    inbox: mpsc::Receiver<Incoming<Reply>>,
+    overflow: CancellationToken,
+    gone: CancellationToken,
+}
+
+impl Codec for SioCodec {
+    type Reply = Reply;
+    const TRANSPORT: Transport = Transport::SocketIo;
+    /// Engine.IO has its own heartbeat.
+    const PINGS: bool = false;
+
+    async fn recv(&mut self) -> Incoming<Reply> {
+        tokio::select! {
+            biased;
+            () = self.gone.cancelled() => Incoming::Closed,
+            () = self.overflow.cancelled() => Incoming::Overflow,
+            next = self.inbox.recv() => next.unwrap_or(Incoming::Closed),
+        }
+    }
+
+    async fn event(&mut self, frame: Bytes) -> Result<(), End> {
+        emit_frame(&self.socket, &frame)
+    }
+
+    async fn answer(
+        &mut self,
+        reply: Reply,
+        answer: Answer,
+        client_msg_id: Option<String>,
+    ) -> Result<(), End> {
+        match (reply, answer) {
+            (Some(ack), answer) => {
+                let body = answer.unwrap_or_else(|e| parley_common::rpc::encode_err(&e));
+                let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                ack.send(&value).map_err(sent)
+            }
+            (None, Ok(_)) => Ok(()),
+            (None, Err(e)) => emit_error(&self.socket, e, client_msg_id, None),
+        }
+    }
+
+    async fn ping(&mut self) -> Result<(), End> {
+        Ok(())
+    }
+
+    async fn close(self, end: End) {
+        match end {
+            // Gone already, or cannot take another packet.
+            End::Closed | End::Stalled => {}
+            // `server:draining` went out already.
+            End::Draining => {}
+            _ => {
+                if let Some((code, reason)) = end.close_frame() {
+                    let e = ApiError::new(end.error_code(), reason);
+                    let _ = emit_error(&self.socket, e, None, Some(code));
+                }
+            }
+        }
+        let _ = self.socket.disconnect();
+    }
+}
+
+/// What a failed emit means: the socket went, or its buffer is full (the client is not
+/// reading).
+fn sent(e: SendError) -> End {
+    match e {
+        SendError::Socket(SocketError::Closed) => End::Closed,
+        _ => End::TooSlow,
+    }
+}
+
+/// Emits a `/ws`-shaped frame `{"type", "data"}` as a Socket.IO event.
+fn emit_frame(s: &SocketRef, frame: &[u8]) -> Result<(), End> {
     #[derive(Deserialize)]
     struct Frame {
         #[serde(rename = "type")]
@@ -220,149 +379,22 @@ fn emit_raw(s: &SocketRef, frame: &[u8]) -> bool {
         data: Value,
     }
     let Ok(f) = serde_json::from_slice::<Frame>(frame) else {
-        return true;
+        return Ok(());
     };
-    s.emit(f.event.as_str(), &f.data).is_ok()
+    s.emit(f.event.as_str(), &f.data).map_err(sent)
 }
 
-fn emit_error(s: &SocketRef, code: ErrorCode, message: &str, client_msg_id: Option<String>) {
+fn emit_error(
+    s: &SocketRef,
+    e: ApiError,
+    client_msg_id: Option<String>,
+    close_code: Option<u16>,
+) -> Result<(), End> {
     let event = ServerEvent::Error(ErrorEvent {
-        code,
-        message: message.into(),
+        code: e.code,
+        message: e.message,
         client_msg_id,
+        close_code,
     });
-    emit_raw(s, &event.to_json());
-}
-
-/// Whether the client asked for an acknowledgement.
-struct WantsAck(bool);
-
-impl<A: socketioxide::adapter::Adapter> FromMessageParts<A> for WantsAck {
-    type Error = std::convert::Infallible;
-    fn from_message_parts(
-        _: &Arc<Socket<A>>,
-        _: &mut socketioxide::handler::Value,
-        ack_id: &Option<i64>,
-    ) -> Result<Self, Self::Error> {
-        Ok(WantsAck(ack_id.is_some()))
-    }
-}
-
-/// The message's place in arrival order, taken when socketioxide receives it (extractors run
-/// in order, before the handler's task is spawned).
-struct Arrival(u64);
-
-impl<A: socketioxide::adapter::Adapter> FromMessageParts<A> for Arrival {
-    type Error = std::convert::Infallible;
-    fn from_message_parts(
-        s: &Arc<Socket<A>>,
-        _: &mut socketioxide::handler::Value,
-        _: &Option<i64>,
-    ) -> Result<Self, Self::Error> {
-        let n = s
-            .extensions
-            .get::<ConnRef>()
-            .map_or(0, |ConnRef(c)| c.arrived.fetch_add(1, Ordering::SeqCst));
-        Ok(Arrival(n))
-    }
-}
-
-/// Lets the next message start when dropped.
-struct Turn<'a>(&'a Conn);
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        self.0.turn.send_modify(|t| *t += 1);
-    }
-}
-
-async fn on_message(
-    s: SocketRef,
-    Arrival(n): Arrival,
-    Event(event): Event,
-    TryData(data): TryData<Value>,
-    WantsAck(wants_ack): WantsAck,
-    ack: AckSender,
-) {
-    let Some(ConnRef(conn)) = s.extensions.get::<ConnRef>() else {
-        return;
-    };
-    // Wait for this message's turn, so sends are published in the order they arrived.
-    let mut turn = conn.turn.subscribe();
-    if turn.wait_for(|t| *t >= n).await.is_err() {
-        return;
-    }
-    let turn = Turn(&conn);
-    let answer = |result: Result<bytes::Bytes, ApiError>, client_msg_id: Option<String>| match (
-        wants_ack, result,
-    ) {
-        (true, result) => {
-            let body = result.unwrap_or_else(|e| parley_common::rpc::encode_err(&e));
-            let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let _ = ack.send(&value);
-        }
-        (false, Ok(_)) => {}
-        (false, Err(e)) => emit_error(&s, e.code, &e.message, client_msg_id),
-    };
-    if !conn.limiter.allow() {
-        drop(turn);
-        answer(
-            Err(ApiError::new(
-                ErrorCode::RateLimited,
-                "too many requests, slow down",
-            )),
-            None,
-        );
-        return;
-    }
-    // A `traceparent` in the data joins the client's trace; it is not part of the command.
-    let mut data = data.ok();
-    let traceparent = data
-        .as_mut()
-        .and_then(Value::as_object_mut)
-        .and_then(|o| o.remove("traceparent"))
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .filter(|t| t.len() <= 64);
-    let raw = data.and_then(|v| serde_json::value::to_raw_value(&v).ok());
-    let limits = &conn.session.state.limits;
-    let command = match Command::parse(&event, raw.as_deref(), limits.max_content_chars) {
-        Ok(c) => c,
-        Err(rejected) => {
-            drop(turn);
-            if event == "message:send" {
-                conn.session.state.metrics.rejected(rejected.error.code);
-            }
-            answer(Err(rejected.error), rejected.client_msg_id);
-            return;
-        }
-    };
-    if let Command::AuthRefresh { token } = &command {
-        let result = conn.session.refresh(token).await;
-        drop(turn);
-        match result {
-            Ok(r) => {
-                conn.exp.send_replace(r.exp);
-                answer(Ok(r.reply), None);
-            }
-            Err(e) => answer(Err(e), None),
-        }
-        return;
-    }
-    let client_msg_id = match &command {
-        Command::Send(d) => Some(d.client_msg_id.as_str().to_owned()),
-        _ => None,
-    };
-    let span = tracing::info_span!("command", event = command.name());
-    parley_common::trace::continue_from_client(&span, traceparent.as_deref());
-    let dispatched = conn
-        .session
-        .dispatch(command)
-        .instrument(span.clone())
-        .await;
-    drop(turn);
-    let result = match dispatched {
-        Dispatch::Now(a) => a,
-        Dispatch::Later(fut) => fut.instrument(span).await,
-    };
-    answer(result, client_msg_id);
+    emit_frame(s, &event.to_json())
 }

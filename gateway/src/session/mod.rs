@@ -1,5 +1,10 @@
-//! One authenticated user's commands, whatever transport carries them. `/ws` (and Socket.IO
-//! later) only translate frames into [`Command`]s and answers back into frames.
+//! One authenticated user's connection and commands, whatever transport carries them.
+//! [`connection`] is a connection's whole life (limits, expiry, drain, sign-out, close reasons);
+//! [`Session`] runs the commands it lets through, for sockets and REST alike. `/ws` and
+//! Socket.IO only translate frames (`crate::transport`).
+
+pub mod connection;
+pub mod gate;
 
 use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::PublishMessage;
@@ -49,6 +54,8 @@ struct RefreshReply {
 pub struct Refreshed {
     /// The new token's expiry, seconds since the Unix epoch.
     pub exp: i64,
+    /// The Parley session the new token belongs to: signing out of it ends the connection.
+    pub session_id: Option<String>,
     /// `{"ok": true, "exp": ...}`.
     pub reply: Bytes,
 }
@@ -150,7 +157,15 @@ impl Session {
                 let state = self.state.clone();
                 let user = self.user.clone();
                 Dispatch::Later(Box::pin(async move {
-                    let members = state.chat.members_for(data.conversation_id, &user).await?;
+                    // Asked of persistence when this user is not typing here already, so a
+                    // member removed while a gateway still caches them cannot start; the
+                    // throttle bounds how often.
+                    let conversation = data.conversation_id;
+                    let members = if state.typing.is_active(&user, conversation) {
+                        state.chat.members_for(conversation, &user).await?
+                    } else {
+                        state.chat.members_fresh(conversation, &user).await?
+                    };
                     state
                         .typing
                         .set(&user, data.conversation_id, members, data.is_typing)
@@ -163,10 +178,10 @@ impl Session {
                 let user = self.user.clone();
                 Dispatch::Later(Box::pin(presence_of(state, user, data)))
             }
-            // A transport that forgot to intercept it must not ack a refresh whose new expiry
-            // nothing applies; the check itself is [`Session::refresh`].
+            // Only a connection can move its expiry (`connection`); the check itself is
+            // [`Session::refresh`]. REST has no connection to refresh.
             Command::AuthRefresh { .. } => {
-                tracing::error!("auth:refresh reached dispatch; the transport must answer it");
+                tracing::error!("auth:refresh reached dispatch; the connection must answer it");
                 Dispatch::Now(Err(ApiError::invalid(
                     "auth:refresh is not supported on this transport",
                 )))
@@ -175,7 +190,7 @@ impl Session {
     }
 
     /// Checks the token of an `auth:refresh`: it must verify, still be unexpired, and speak for
-    /// this session's user. The transport then moves the connection's expiry to the new `exp`,
+    /// this session's user. The connection then moves the connection's expiry to the new `exp`,
     /// earlier or later than the old one: the newest token the client presented is the one that
     /// counts. Why a token was refused goes to the log, never the token itself.
     #[tracing::instrument(skip_all, fields(user = %self.user))]
@@ -210,6 +225,7 @@ impl Session {
         let exp = verified.exp;
         Ok(Refreshed {
             exp,
+            session_id: verified.session_id,
             reply: rpc::encode_ok(&RefreshReply { exp }),
         })
     }
