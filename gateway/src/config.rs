@@ -53,6 +53,9 @@ pub struct Limits {
     /// Sockets (both transports, and Socket.IO handshakes not yet authenticated) one client
     /// address may hold on one gateway (`PARLEY_MAX_SOCKETS_PER_ADDRESS`, default 200).
     pub max_sockets_per_address: usize,
+    /// Engine.IO's heartbeat for Socket.IO: a ping this often, to be answered within the write
+    /// timeout (`PARLEY_SOCKETIO_PING_SECONDS`, default 25, as Socket.IO's own default).
+    pub socketio_ping_interval: Duration,
 }
 
 impl Default for Limits {
@@ -68,6 +71,7 @@ impl Default for Limits {
             max_connections_per_user: 20,
             write_timeout: Duration::from_secs(10),
             max_sockets_per_address: 200,
+            socketio_ping_interval: Duration::from_secs(25),
         }
     }
 }
@@ -96,6 +100,12 @@ impl GatewayConfig {
         if limits.write_timeout.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "PARLEY_WRITE_TIMEOUT_SECONDS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if limits.socketio_ping_interval.is_zero() {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_SOCKETIO_PING_SECONDS",
                 reason: "must be at least 1".into(),
             });
         }

@@ -20,7 +20,7 @@ use parley_common::subjects::ChatOp;
 use parley_common::wire::{ApiError, ErrorCode, ReadCommand, SendCommand};
 use serde::Serialize;
 
-use crate::protocol::{Command, MemberData, PresenceData, ReadData, SendData, Target};
+use crate::protocol::{Command, MemberData, PresenceData, ReadData, SendData, Target, TypingData};
 use crate::state::AppState;
 
 /// A command's answer: the `{"ok": true, ...}` envelope, or what went wrong.
@@ -153,26 +153,9 @@ impl Session {
                 Ok(later) => Dispatch::Later(later),
                 Err(e) => Dispatch::Now(Err(e)),
             },
-            Command::Typing(data) => {
-                let state = self.state.clone();
-                let user = self.user.clone();
-                Dispatch::Later(Box::pin(async move {
-                    // Asked of persistence when this user is not typing here already, so a
-                    // member removed while a gateway still caches them cannot start; the
-                    // throttle bounds how often.
-                    let conversation = data.conversation_id;
-                    let members = if state.typing.is_active(&user, conversation) {
-                        state.chat.members_for(conversation, &user).await?
-                    } else {
-                        state.chat.members_fresh(conversation, &user).await?
-                    };
-                    state
-                        .typing
-                        .set(&user, data.conversation_id, members, data.is_typing)
-                        .await;
-                    Ok(rpc::encode_ok(&Empty {}))
-                }))
-            }
+            // Handled before the next frame is read, so a client's typing frames take effect in
+            // the order sent.
+            Command::Typing(data) => Dispatch::Now(self.typing(data).await),
             Command::PresenceGet(data) => {
                 let state = self.state.clone();
                 let user = self.user.clone();
@@ -228,6 +211,24 @@ impl Session {
             session_id: verified.session_id,
             reply: rpc::encode_ok(&RefreshReply { exp }),
         })
+    }
+
+    /// `typing`. Membership is asked of persistence when this user is not typing here already,
+    /// so a member removed while a gateway still caches them cannot start; the throttle bounds
+    /// how often.
+    async fn typing(&self, data: TypingData) -> Answer {
+        let state = &self.state;
+        let conversation = data.conversation_id;
+        let members = if state.typing.is_active(&self.user, conversation) {
+            state.chat.members_for(conversation, &self.user).await?
+        } else {
+            state.chat.members_fresh(conversation, &self.user).await?
+        };
+        state
+            .typing
+            .set(&self.user, conversation, members, data.is_typing)
+            .await;
+        Ok(rpc::encode_ok(&Empty {}))
     }
 
     /// `member:add` / `member:remove`; this gateway forgets the members it cached at once (the

@@ -45,11 +45,12 @@ use crate::session::Answer;
 use crate::session::connection::{self, Codec, End, Identity, Incoming, Request};
 use crate::state::AppState;
 
+/// Before the server disconnects a socket, how long the client may go on sending at most, and
+/// how long a pause counts as its having stopped.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+const QUIET: Duration = Duration::from_millis(250);
 /// How long a client has from the Engine.IO handshake to an authenticated connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Engine.IO's heartbeat: a ping every this often, answered within the write timeout, or the
-/// socket is closed (a client that stopped reading never answers).
-const PING_INTERVAL: Duration = Duration::from_secs(25);
 
 /// The Socket.IO layer to mount on the router, and its handle.
 pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
@@ -62,7 +63,9 @@ pub fn layer(state: AppState) -> (SocketIoLayer, SocketIo) {
         .ws_max_message_size(max)
         .ws_max_frame_size(max)
         .connect_timeout(CONNECT_TIMEOUT)
-        .ping_interval(PING_INTERVAL)
+        // Engine.IO's heartbeat: a ping answered within the write timeout, or the socket is
+        // closed (a client that stopped reading never answers, nor can its ping be queued).
+        .ping_interval(state.limits.socketio_ping_interval)
         .ping_timeout(state.limits.write_timeout)
         .with_state(state)
         .build_layer();
@@ -343,10 +346,13 @@ impl Codec for SioCodec {
         Ok(())
     }
 
-    async fn close(self, end: End) {
+    async fn close(mut self, end: End) {
         match end {
             // Gone already, or cannot take another packet.
-            End::Closed | End::Stalled => {}
+            End::Closed | End::Stalled => {
+                let _ = self.socket.disconnect();
+                return;
+            }
             // `server:draining` went out already.
             End::Draining => {}
             _ => {
@@ -356,6 +362,19 @@ impl Codec for SioCodec {
                 }
             }
         }
+        // Closed while the client still sends, the TCP connection would be reset, and the
+        // client would lose what it had not read yet (the answers, the reason). Let it go
+        // quiet first (what it sends meanwhile is dropped), as `/ws` waits for its close.
+        let quiet = async {
+            while let Ok(Some(_)) = tokio::time::timeout(QUIET, self.inbox.recv()).await {}
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            tokio::select! {
+                () = quiet => {}
+                () = self.gone.cancelled() => {}
+            }
+        })
+        .await;
         let _ = self.socket.disconnect();
     }
 }
