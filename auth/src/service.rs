@@ -72,10 +72,9 @@ async fn revoked(
     req: RevokedRequest,
 ) -> std::result::Result<RevokedReply, parley_common::wire::ApiError> {
     let keep = ctx.config.access_ttl + std::time::Duration::from_secs(60);
-    let rows =
-        crate::store::sessions::revoked_since(&ctx.pool, keep, req.after, REVOKED_PAGE + 1)
-            .await
-            .map_err(Error::from)?;
+    let rows = crate::store::sessions::revoked_since(&ctx.pool, keep, req.after, REVOKED_PAGE + 1)
+        .await
+        .map_err(Error::from)?;
     let more = rows.len() as i64 > REVOKED_PAGE;
     Ok(RevokedReply {
         sessions: rows
