@@ -278,11 +278,12 @@ pub async fn guard_unsafe_requests(
 ) -> Response {
     let token_authenticated =
         bearer(request.headers()).is_some() || query_token(request.uri()).is_some();
-    if request.uri().path().starts_with("/api/") && !token_authenticated {
-        if let Err(reason) = check_unsafe(&state.origins, request.method(), request.headers()) {
-            tracing::info!(%reason, path = %request.uri().path(), "refused a request");
-            return reason.into_response();
-        }
+    if request.uri().path().starts_with("/api/")
+        && !token_authenticated
+        && let Err(reason) = check_unsafe(&state.origins, request.method(), request.headers())
+    {
+        tracing::info!(%reason, path = %request.uri().path(), "refused a request");
+        return reason.into_response();
     }
     next.run(request).await
 }

@@ -3,7 +3,7 @@
 //! replica's partitions: each sender's messages stored in the order sent, nothing lost or
 //! doubled, whatever happens to a replica mid-run.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
