@@ -32,7 +32,7 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -131,7 +131,9 @@ pub async fn serve(
         };
         let Some(slot) = slots.take(peer.ip()) else {
             tracing::debug!(%peer, "refused a connection: too many from this address");
-            tokio::spawn(refuse(tcp));
+            // A fresh socket's send buffer takes the answer at once; no task waits on a client
+            // that is over its share already.
+            let _ = tcp.try_write(TOO_MANY);
             continue;
         };
         if let Err(e) = tcp.set_nodelay(true) {
@@ -204,14 +206,6 @@ retry-after: 1\r\n\
 connection: close\r\n\
 content-length: 84\r\n\r\n\
 {\"error\":{\"code\":\"rate_limited\",\"message\":\"too many connections from this address\"}}";
-
-async fn refuse(mut tcp: TcpStream) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        tcp.write_all(TOO_MANY).await?;
-        tcp.shutdown().await
-    })
-    .await;
-}
 
 fn is_connection_error(e: &io::Error) -> bool {
     matches!(

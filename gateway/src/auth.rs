@@ -85,8 +85,11 @@ impl FromRequestParts<AppState> for AuthUser {
             Ok(()) => authenticate(state, token, &parts.headers).await,
             Err(e) => Err(e),
         };
-        result.map(AuthUser).inspect_err(|reason| {
-            tracing::info!(%reason, path = %parts.uri.path(), "refused a request");
+        result.map(AuthUser).inspect_err(|reason| match reason {
+            Refusal::Token(_) | Refusal::SignedOut => {
+                tracing::info!(%reason, path = %parts.uri.path(), "refused a token");
+            }
+            _ => tracing::info!(%reason, path = %parts.uri.path(), "refused a request"),
         })
     }
 }
