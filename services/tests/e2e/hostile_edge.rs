@@ -442,3 +442,26 @@ async fn past_the_per_address_cap_a_new_connection_is_refused_until_one_closes()
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_upload_that_stalls_is_disconnected_after_the_idle_timeout() {
+    let env = TestEnv::with_settings(&[("PARLEY_HTTP_IDLE_TIMEOUT_SECONDS", "30")]).await;
+    let gw = env.spawn_gateway().await;
+    let mut tcp = TcpStream::connect(gw.addr()).await.unwrap();
+    // The head in full, then ten of the hundred bytes it announces, then nothing.
+    let head = format!(
+        "POST /api/auth/login HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"username\"",
+        gw.addr()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 1024];
+    // A deadline well past the 30 s setting: only the idle timeout ends the wait.
+    let answered = tokio::time::timeout(Duration::from_secs(120), tcp.read(&mut buf))
+        .await
+        .expect("the server closed the stalled connection");
+    assert!(
+        matches!(answered, Ok(0) | Err(_)),
+        "a stalled upload gets no answer, only a close"
+    );
+}
