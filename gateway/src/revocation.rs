@@ -152,7 +152,10 @@ pub async fn watch(state: AppState) -> Result<tokio::task::JoinHandle<()>> {
             Some(tokio::spawn(async move {
                 let mut wait = Duration::from_millis(500);
                 loop {
-                    tokio::time::sleep(wait).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = state.draining.cancelled() => return,
+                    }
                     match load(&state).await {
                         Ok(n) => {
                             tracing::info!(sessions = n, "loaded the recently revoked sessions");
