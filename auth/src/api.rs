@@ -16,10 +16,13 @@ pub enum AuthOp {
     Logout,
     Users,
     Jwks,
+    /// The sessions revoked recently enough that their access tokens may still be live: what a
+    /// gateway loads at start so it refuses them too.
+    Revoked,
 }
 
 impl AuthOp {
-    pub const ALL: [AuthOp; 7] = [
+    pub const ALL: [AuthOp; 8] = [
         AuthOp::Register,
         AuthOp::Login,
         AuthOp::Token,
@@ -27,6 +30,7 @@ impl AuthOp {
         AuthOp::Logout,
         AuthOp::Users,
         AuthOp::Jwks,
+        AuthOp::Revoked,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +42,7 @@ impl AuthOp {
             AuthOp::Logout => "logout",
             AuthOp::Users => "users",
             AuthOp::Jwks => "jwks",
+            AuthOp::Revoked => "revoked",
         }
     }
 }
@@ -141,4 +146,32 @@ pub struct UsersReply {
 pub struct SessionRevoked {
     pub user_id: String,
     pub session_id: String,
+}
+
+/// A page of [`AuthOp::Revoked`]: sessions in id order, after `after`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedRequest {
+    #[serde(default)]
+    pub after: Option<uuid::Uuid>,
+}
+
+/// Sessions revoked within the access-token lifetime (older ones' tokens have expired).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedReply {
+    pub sessions: Vec<RevokedSession>,
+    /// Whether another page follows (ask again with `after` = the last id).
+    pub more: bool,
+    /// How long after its revocation a session's access tokens can still verify: the access
+    /// token lifetime plus the verifier's leeway. Gateways keep announced revocations this long.
+    pub keep_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedSession {
+    pub id: uuid::Uuid,
+    /// When it was revoked, seconds since the Unix epoch.
+    pub revoked_at: i64,
 }

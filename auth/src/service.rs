@@ -8,7 +8,7 @@ use parley_common::service::{NatsService, answer};
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::{self, AuthContext};
-use crate::api::AuthOp;
+use crate::api::{AuthOp, RevokedReply, RevokedRequest, RevokedSession};
 use crate::error::{Error, Result};
 
 pub const SERVICE_NAME: &str = "parley-auth";
@@ -57,5 +57,32 @@ async fn handle(ctx: &AuthContext, op: AuthOp, payload: &[u8]) -> Bytes {
         AuthOp::Logout => answer(payload, |r| accounts::logout(ctx, r)).await,
         AuthOp::Users => answer(payload, |r| accounts::search(ctx, r)).await,
         AuthOp::Jwks => rpc::encode_ok(&accounts::jwks(ctx)),
+        AuthOp::Revoked => answer(payload, |r| revoked(ctx, r)).await,
     }
+}
+
+/// Sessions a page of [`AuthOp::Revoked`] holds: about 60 bytes each in JSON, well under NATS's
+/// payload limit.
+const REVOKED_PAGE: i64 = 5_000;
+
+/// The sessions whose access tokens may still verify although they were revoked: those revoked
+/// within the access-token lifetime (and a minute of clock skew).
+async fn revoked(
+    ctx: &AuthContext,
+    req: RevokedRequest,
+) -> std::result::Result<RevokedReply, parley_common::wire::ApiError> {
+    let keep = ctx.config.access_ttl + std::time::Duration::from_secs(60);
+    let rows = crate::store::sessions::revoked_since(&ctx.pool, keep, req.after, REVOKED_PAGE + 1)
+        .await
+        .map_err(Error::from)?;
+    let more = rows.len() as i64 > REVOKED_PAGE;
+    Ok(RevokedReply {
+        sessions: rows
+            .into_iter()
+            .take(REVOKED_PAGE as usize)
+            .map(|(id, revoked_at)| RevokedSession { id, revoked_at })
+            .collect(),
+        more,
+        keep_seconds: keep.as_secs(),
+    })
 }

@@ -128,13 +128,19 @@ async fn readyz(State(readiness): State<Readiness>) -> impl IntoResponse {
     (status, Json(json!({ "ready": ready, "checks": checks })))
 }
 
-/// Serves the admin router on `listener` until `shutdown` resolves.
+/// Serves the admin router on `listener` until `shutdown` resolves, under the default HTTP
+/// limits (header and idle timeouts, connections per address).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(readiness))
-        .with_graceful_shutdown(shutdown)
-        .await
+    crate::http_server::serve(
+        listener,
+        router(readiness),
+        crate::http_server::HttpLimits::default(),
+        None,
+        shutdown,
+    )
+    .await
 }

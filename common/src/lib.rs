@@ -15,12 +15,15 @@
 //! - [`nats_version`]: the oldest NATS server Parley runs on (2.11), checked at connect.
 //! - [`service`]: running a NATS request/reply service with bounded concurrency.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on each role's admin port.
+//! - [`http_server`]: the HTTP server under every port: header-read and idle timeouts, a cap on
+//!   connections per address, graceful shutdown.
 //! - [`telemetry`]: logging set-up.
 //! - [`shutdown`]: the one shutdown signal (Ctrl-C or SIGTERM).
 
 pub mod admin;
 pub mod config;
 pub mod domain;
+pub mod http_server;
 pub mod metrics;
 pub mod nats;
 pub mod nats_version;

@@ -25,6 +25,15 @@ pub struct GatewayConfig {
     /// `PARLEY_WEB_DIR`: the built web app (`web/dist`), served at `/`; unset, `/` says the
     /// app is not built.
     pub web_dir: Option<std::path::PathBuf>,
+    /// `PARLEY_ALLOWED_ORIGINS`: the origins whose pages may authenticate with the session
+    /// cookie (comma-separated, e.g. `https://chat.example.com`); unset, the request's own host.
+    pub allowed_origins: crate::auth::AllowedOrigins,
+    /// `PARLEY_REVOKED_SESSIONS_MAX`, default 100,000: signed-out sessions remembered (for the
+    /// access-token lifetime) so their tokens are refused.
+    pub revoked_sessions_max: usize,
+    /// Header-read and idle timeouts, connections per address (`PARLEY_HTTP_*`,
+    /// `PARLEY_MAX_CONNECTIONS_PER_ADDRESS`).
+    pub http: parley_common::http_server::HttpLimits,
 }
 
 /// What one client may do (DESIGN §9).
@@ -143,6 +152,15 @@ impl GatewayConfig {
             drain_timeout: Duration::from_secs(env.parse_or("PARLEY_DRAIN_SECONDS", 20)?),
             presence_ttl: presence_ttl(env)?,
             web_dir: env.get("PARLEY_WEB_DIR").map(std::path::PathBuf::from),
+            allowed_origins: crate::auth::AllowedOrigins::parse(
+                env.get("PARLEY_ALLOWED_ORIGINS").unwrap_or(""),
+            )
+            .map_err(|reason| ConfigError::Invalid {
+                name: "PARLEY_ALLOWED_ORIGINS",
+                reason,
+            })?,
+            revoked_sessions_max: env.parse_or("PARLEY_REVOKED_SESSIONS_MAX", 100_000)?,
+            http: parley_common::http_server::HttpLimits::from_env(env)?,
         })
     }
 }

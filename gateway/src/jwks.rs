@@ -2,6 +2,10 @@
 //! when a token names a key we do not have, which is how a key rotation reaches the gateways.
 //! Fetches are at most one a second, and callers that wait meanwhile share the next one, so
 //! tokens with made-up `kid`s cannot flood the auth role.
+//!
+//! [`JwksCache::verify`] is the one path every presented token takes (the `/ws` upgrade,
+//! Socket.IO's connect, REST bearer calls and `auth:refresh`), so it is also where a token of a
+//! signed-out session is refused ([`RevokedSessions`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +17,9 @@ use parley_common::rpc;
 use parley_common::subjects::Subjects;
 use tokio::sync::Mutex;
 
+use crate::auth::Refusal;
+use crate::revocation::RevokedSessions;
+
 /// The least time between two fetches.
 const MIN_REFETCH: Duration = Duration::from_secs(1);
 
@@ -20,15 +27,23 @@ pub struct JwksCache {
     nats: async_nats::Client,
     subjects: Subjects,
     last_fetch: Mutex<Option<Instant>>,
+    revoked: RevokedSessions,
 }
 
 impl JwksCache {
-    pub fn new(nats: async_nats::Client, subjects: Subjects) -> Self {
+    /// `max_revoked`: `PARLEY_REVOKED_SESSIONS_MAX`, the bound of the revoked-session set.
+    pub fn new(nats: async_nats::Client, subjects: Subjects, max_revoked: usize) -> Self {
         Self {
             nats,
             subjects,
             last_fetch: Mutex::new(None),
+            revoked: RevokedSessions::new(max_revoked),
         }
+    }
+
+    /// The sessions signed out recently, whose tokens [`Self::verify`] refuses.
+    pub fn revoked(&self) -> &RevokedSessions {
+        &self.revoked
     }
 
     /// Fetches the JWKS into `verifier`: now, or (if one was fetched less than a second ago)
@@ -60,18 +75,31 @@ impl JwksCache {
         }
     }
 
-    /// Verifies a token, fetching the JWKS once more if it names a key not seen yet.
+    /// Verifies a token, fetching the JWKS once more if it names a key not seen yet, and
+    /// refuses it if its session was signed out.
     pub async fn verify(
         self: &Arc<Self>,
         verifier: &Verifier,
         token: &str,
-    ) -> Result<Verified, VerifyError> {
-        match verifier.verify(token) {
+    ) -> Result<Verified, Refusal> {
+        let verified = match verifier.verify(token) {
             Err(VerifyError::UnknownKey(_)) => {
                 self.refresh(verifier).await;
                 verifier.verify(token)
             }
             other => other,
+        }?;
+        self.check_session(&verified)?;
+        Ok(verified)
+    }
+
+    /// Refuses an identity whose session was signed out.
+    pub fn check_session(&self, verified: &Verified) -> Result<(), Refusal> {
+        match &verified.session_id {
+            Some(sid) if self.revoked.contains(sid, chrono::Utc::now().timestamp()) => {
+                Err(Refusal::SignedOut)
+            }
+            _ => Ok(()),
         }
     }
 }

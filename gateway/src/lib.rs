@@ -6,7 +6,8 @@
 //! # Layout
 //! - [`config`]: settings from the environment.
 //! - [`error`]: the start-up error type.
-//! - [`auth`]: finding and verifying the token of an HTTP request or upgrade.
+//! - [`auth`]: finding and verifying the token of an HTTP request or upgrade; which origins may
+//!   use the session cookie.
 //! - [`jwks`]: the auth role's public keys, fetched over NATS and refetched on an unknown `kid`.
 //! - [`http`]: the HTTP API (accounts, user search, JWKS).
 //! - [`rest`]: the conversation and message routes, the socket's commands over HTTP.
@@ -17,7 +18,8 @@
 //!   membership change announced on `{p}.ctl.conversation.*`).
 //! - [`typing`]: typing indicators, throttled and cleared by themselves.
 //! - [`presence`]: online/offline/last seen across gateways, in a NATS key-value bucket.
-//! - [`revocation`]: closing the sockets of a session that was signed out.
+//! - [`revocation`]: closing the sockets of a session that was signed out, and remembering it so
+//!   its tokens are refused (loaded from the auth role at start).
 //! - [`fanout`]: one NATS subscription per connected user, shared by that user's sockets.
 //! - [`metrics`]: the gateway's Prometheus metrics.
 //! - [`limits`]: the token bucket behind the per-user rate limit.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use async_nats::jetstream;
 use axum::Router;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use parley_auth::Verifier;
 use parley_common::admin::Readiness;
 use parley_common::nats;
@@ -26,7 +25,7 @@ use crate::presence::{self, Presence};
 use crate::state::{AppState, Shared};
 use crate::transport::{socketio, ws};
 use crate::typing::Typing;
-use crate::{http, openapi, rest, revocation, web};
+use crate::{auth, http, openapi, rest, revocation, web};
 
 /// Sends awaiting the broker's acknowledgement, across the gateway; past it, sends wait.
 const MAX_PENDING_PUBLISH_ACKS: usize = 10_000;
@@ -39,6 +38,9 @@ pub struct Application {
     drain_timeout: std::time::Duration,
     presence_changes: mpsc::UnboundedReceiver<presence::Change>,
     web_dir: Option<std::path::PathBuf>,
+    http: parley_common::http_server::HttpLimits,
+    /// Peers not held to the per-address connection cap (trusted proxies).
+    exempt: Option<parley_common::http_server::Exempt>,
 }
 
 impl Application {
@@ -76,7 +78,11 @@ impl Application {
             presence,
             typing: Typing::new(client.clone(), subjects.clone()),
             verifier: Verifier::new(&config.auth),
-            jwks: Arc::new(JwksCache::new(client.clone(), subjects.clone())),
+            jwks: Arc::new(JwksCache::new(
+                client.clone(),
+                subjects.clone(),
+                config.revoked_sessions_max,
+            )),
             subjects,
             js,
             addresses: crate::addresses::AddressCounter::new(config.limits.max_sockets_per_address),
@@ -84,6 +90,7 @@ impl Application {
             metrics,
             draining: CancellationToken::new(),
             sockets: TaskTracker::new(),
+            origins: config.allowed_origins,
         });
         // Best effort: a gateway may start before the auth role; an unknown kid refetches.
         state.jwks.refresh(&state.verifier).await;
@@ -97,7 +104,16 @@ impl Application {
             drain_timeout: config.drain_timeout,
             presence_changes,
             web_dir: config.web_dir,
+            http: config.http,
+            exempt: None,
         })
+    }
+
+    /// Lifts the per-address connection cap for the peers `exempt` accepts: connections from a
+    /// trusted proxy carry many clients.
+    pub fn exempt_from_address_cap(mut self, exempt: parley_common::http_server::Exempt) -> Self {
+        self.exempt = Some(exempt);
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -118,6 +134,10 @@ impl Application {
             .merge(rest::routes())
             .merge(openapi::routes())
             .merge(web::routes(web_dir))
+            .layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                auth::guard_unsafe_requests,
+            ))
             .with_state(state.clone())
             .layer(socketio)
             .layer(axum::middleware::from_fn_with_state(
@@ -146,23 +166,18 @@ impl Application {
                 .clone()
                 .run(self.presence_changes, state.draining.clone()),
         );
-        // Frames go out as they are ready: without TCP_NODELAY, Nagle's algorithm holds a small
-        // frame back until the client acks the one before, up to its delayed-ack timeout (40 ms).
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            listener,
-            Self::router(state.clone(), self.web_dir.as_deref())
-                .into_make_service_with_connect_info::<SocketAddr>(),
+        // The server sets TCP_NODELAY on every connection: frames go out as they are ready.
+        parley_common::http_server::serve(
+            self.listener,
+            Self::router(state.clone(), self.web_dir.as_deref()),
+            self.http,
+            self.exempt,
+            async move {
+                shutdown.await;
+                readiness.set_draining();
+                draining.cancel();
+            },
         )
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            readiness.set_draining();
-            draining.cancel();
-        })
         .await?;
         revocations.abort();
         membership.abort();

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::addresses::AddressCounter;
+use crate::auth::AllowedOrigins;
 use crate::chat::ChatClient;
 use crate::config::Limits;
 use crate::fanout::Fanout;
@@ -36,4 +37,6 @@ pub struct Shared {
     pub draining: CancellationToken,
     /// Every socket task, so shutdown can wait for them.
     pub sockets: TaskTracker,
+    /// The origins whose pages may authenticate with the session cookie.
+    pub origins: AllowedOrigins,
 }

@@ -138,3 +138,23 @@ pub async fn revoke(pool: &PgPool, id: Uuid) -> sqlx::Result<()> {
         .await?;
     Ok(())
 }
+
+/// Sessions revoked within the last `within`, in id order after `after`, at most `limit`.
+pub async fn revoked_since(
+    pool: &PgPool,
+    within: Duration,
+    after: Option<Uuid>,
+    limit: i64,
+) -> sqlx::Result<Vec<(Uuid, i64)>> {
+    sqlx::query_as(
+        "select id, extract(epoch from revoked_at)::bigint from auth.sessions
+         where revoked_at > now() - make_interval(secs => $1)
+           and ($2::uuid is null or id > $2)
+         order by id limit $3",
+    )
+    .bind(within.as_secs_f64())
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
