@@ -10,6 +10,10 @@
 //!   way for this long is closed: a stalled upload, or a client that stopped reading a
 //!   response. Not upgraded WebSockets: once upgraded, a socket is the transport's (which pings
 //!   and has its own idle limit).
+//! - **Write deadline** ([`HttpLimits::write_timeout`]): a write to the client that cannot
+//!   finish within it (the client stopped reading and its window is shut) fails, upgraded
+//!   sockets included, so a stalled reader is dropped rather than waited on for ever (a
+//!   WebSocket library whose writer has no deadline of its own, such as Socket.IO's, gets one).
 //! - **Connections per address** ([`HttpLimits::max_connections_per_address`]): TCP
 //!   connections open at once from one peer IP, WebSockets included. Past it a new connection
 //!   gets `429` with `Retry-After` and is closed. An [`Exempt`] predicate lifts it for some
@@ -50,6 +54,9 @@ pub struct HttpLimits {
     pub idle_timeout: Duration,
     /// `PARLEY_MAX_CONNECTIONS_PER_ADDRESS`, default 256; 0 lifts the cap.
     pub max_connections_per_address: usize,
+    /// `PARLEY_WRITE_TIMEOUT_SECONDS`, default 10: one write to a client that takes longer
+    /// fails and the connection ends.
+    pub write_timeout: Duration,
 }
 
 impl Default for HttpLimits {
@@ -58,6 +65,7 @@ impl Default for HttpLimits {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections_per_address: 256,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -83,7 +91,15 @@ impl HttpLimits {
                 reason: "must be 30 to 3600 seconds".into(),
             });
         }
+        let write: u64 = env.parse_or("PARLEY_WRITE_TIMEOUT_SECONDS", d.write_timeout.as_secs())?;
+        if write == 0 {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_WRITE_TIMEOUT_SECONDS",
+                reason: "must be at least 1".into(),
+            });
+        }
         Ok(Self {
+            write_timeout: Duration::from_secs(write),
             header_read_timeout: Duration::from_secs(header),
             idle_timeout: Duration::from_secs(idle),
             max_connections_per_address: env.parse_or(
@@ -141,7 +157,7 @@ pub async fn serve(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         connections.spawn(connection(
-            Tracked::new(tcp, slot),
+            Tracked::new(tcp, slot, limits.write_timeout),
             peer,
             router.clone(),
             limits.clone(),
@@ -275,22 +291,53 @@ impl Activity {
     }
 }
 
-/// A TCP stream that notes when bytes move and holds its address's slot.
+/// A TCP stream that notes when bytes move, fails a write stuck past its deadline, and holds
+/// its address's slot.
 struct Tracked {
     tcp: TcpStream,
     activity: Activity,
+    write_timeout: Duration,
+    /// Armed while a write waits for the client's window to open.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: Slot,
 }
 
 impl Tracked {
-    fn new(tcp: TcpStream, slot: Slot) -> Self {
+    fn new(tcp: TcpStream, slot: Slot, write_timeout: Duration) -> Self {
         Self {
             tcp,
             activity: Activity {
                 start: Instant::now(),
                 last: Arc::new(AtomicU64::new(0)),
             },
+            write_timeout,
+            stalled: None,
             _slot: slot,
+        }
+    }
+
+    /// What a write came to: progress disarms the deadline; waiting arms it, and past it the
+    /// write fails (the timer wakes the writer, which would otherwise wait for a window that
+    /// never opens).
+    fn deadline<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.write_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not read within the write timeout",
+            ))),
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -320,7 +367,7 @@ impl AsyncWrite for Tracked {
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
-        polled
+        self.deadline(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -332,7 +379,7 @@ impl AsyncWrite for Tracked {
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
             self.activity.touch();
         }
-        polled
+        self.deadline(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -340,7 +387,8 @@ impl AsyncWrite for Tracked {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_flush(cx)
+        let polled = Pin::new(&mut self.tcp).poll_flush(cx);
+        self.deadline(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -351,6 +399,52 @@ impl AsyncWrite for Tracked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_write_to_a_client_that_does_not_read_fails_at_the_deadline() {
+        use tokio::io::AsyncWriteExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut io = Tracked::new(server, Slot(None), Duration::from_millis(200));
+        // The client never reads: once its window and our send buffer are full, a write waits,
+        // and then fails.
+        let chunk = vec![0u8; 64 * 1024];
+        let error = loop {
+            if let Err(e) = io.write_all(&chunk).await {
+                break e;
+            }
+        };
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        drop(client);
+    }
+
+    #[tokio::test]
+    async fn a_reading_client_gets_everything_whatever_the_deadline() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut io = Tracked::new(server, Slot(None), Duration::from_millis(200));
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            client.read_to_end(&mut all).await.unwrap();
+            all.len()
+        });
+        let chunk = vec![7u8; 64 * 1024];
+        for _ in 0..64 {
+            io.write_all(&chunk)
+                .await
+                .expect("a reader keeps the window open");
+        }
+        io.shutdown().await.unwrap();
+        drop(io);
+        assert_eq!(reader.await.unwrap(), 64 * 64 * 1024);
+    }
 
     #[test]
     fn the_refusal_is_a_complete_http_response() {
