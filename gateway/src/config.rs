@@ -47,6 +47,10 @@ pub struct Limits {
     pub flood_strikes: u32,
     /// Sockets one user may hold on one gateway (`PARLEY_MAX_CONNECTIONS_PER_USER`).
     pub max_connections_per_user: usize,
+    /// `PARLEY_MAX_MEMBERS`, default 256: participant ids one `POST /api/conversations` may
+    /// name, refused before the request goes on (persistence enforces the same setting on
+    /// every path that writes members).
+    pub max_members: usize,
 }
 
 impl Default for Limits {
@@ -60,6 +64,7 @@ impl Default for Limits {
             send_burst: 200.0,
             flood_strikes: 200,
             max_connections_per_user: 20,
+            max_members: 256,
         }
     }
 }
@@ -77,6 +82,7 @@ impl GatewayConfig {
                 "PARLEY_MAX_CONNECTIONS_PER_USER",
                 d.max_connections_per_user,
             )?,
+            max_members: env.parse_or("PARLEY_MAX_MEMBERS", d.max_members)?,
             ..d
         };
         if limits.outbound_queue < 16 {

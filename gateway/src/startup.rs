@@ -79,6 +79,7 @@ impl Application {
             jwks: Arc::new(JwksCache::new(client.clone(), subjects.clone())),
             subjects,
             js,
+            rates: crate::limits::UserRates::from_limits(&config.limits),
             limits: config.limits,
             metrics,
             draining: CancellationToken::new(),
