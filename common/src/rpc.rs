@@ -43,13 +43,16 @@ pub fn encode_err(error: &ApiError) -> Bytes {
     .into()
 }
 
-/// The largest reply a query may send, whatever the server allows: NATS refuses a message over
-/// its `max_payload` (1 MiB by default), and a reply that cannot be sent reaches the client as
-/// `unavailable`. Pages stop early (`hasMore`) rather than grow past it.
-pub const REPLY_CEILING: usize = 1024 * 1024;
-/// Room left under the ceiling for the envelope around a page and the message headers (trace
-/// context), which count against `max_payload` too.
-pub const REPLY_MARGIN: usize = 32 * 1024;
+/// The largest reply a query may send, whatever the server allows. Two limits meet here: NATS
+/// refuses a message over its `max_payload` (1 MiB by default), and a gateway's socket refuses
+/// to queue a frame over its write buffer (four times `PARLEY_MAX_FRAME_BYTES`: 256 KiB by
+/// default); either way the reply would reach the client as `unavailable` or a dropped socket.
+/// Pages stop early (`hasMore`) rather than grow past it; smaller pages also reach a client
+/// sooner.
+pub const REPLY_CEILING: usize = 192 * 1024;
+/// Room left under the ceiling for the envelope around a page (`{"ok":true,...}`, the `/ws`
+/// ack frame) and the NATS headers (trace context), which count against `max_payload` too.
+pub const REPLY_MARGIN: usize = 16 * 1024;
 
 /// The bytes of JSON a page's items may take, for a server whose `max_payload` is
 /// `max_payload`.
@@ -317,8 +320,8 @@ mod tests {
 
     #[test]
     fn the_budget_leaves_a_margin_under_the_server_limit_and_the_ceiling() {
-        assert_eq!(reply_budget(1024 * 1024), 1024 * 1024 - REPLY_MARGIN);
-        assert_eq!(reply_budget(64 * 1024 * 1024), REPLY_CEILING - REPLY_MARGIN);
+        assert_eq!(reply_budget(1024 * 1024), REPLY_CEILING - REPLY_MARGIN);
+        assert_eq!(reply_budget(128 * 1024), 128 * 1024 - REPLY_MARGIN);
         assert_eq!(reply_budget(0), 0);
     }
 
