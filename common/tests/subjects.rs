@@ -30,9 +30,9 @@ fn matches(pattern: &str, subject: &str) -> bool {
 /// A subject a message can be published on: tokens that are not empty, hold no wildcard and no
 /// whitespace.
 fn is_publishable(subject: &str) -> bool {
-    subject.split('.').all(|t| {
-        !t.is_empty() && !t.contains(['*', '>']) && !t.contains(char::is_whitespace)
-    })
+    subject
+        .split('.')
+        .all(|t| !t.is_empty() && !t.contains(['*', '>']) && !t.contains(char::is_whitespace))
 }
 
 /// Text a hostile client might send as a user id or an operator as a prefix: anything, and

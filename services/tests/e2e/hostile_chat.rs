@@ -15,7 +15,10 @@ fn heaviest_content() -> String {
 }
 
 /// Settings that keep this test's own traffic clear of the rate limit.
-const FAST: [(&str, &str); 2] = [("PARLEY_SEND_RATE", "10000"), ("PARLEY_SEND_BURST", "10000")];
+const FAST: [(&str, &str); 2] = [
+    ("PARLEY_SEND_RATE", "10000"),
+    ("PARLEY_SEND_BURST", "10000"),
+];
 
 async fn ok(client: &mut WsClient, event: &str, data: Value) -> Value {
     let reply = client.request(event, data.clone()).await;
@@ -43,8 +46,7 @@ async fn stored(env: &TestEnv, conversation: &str, n: usize) {
 /// stops early with `hasMore`, and paging reaches every message and conversation, over the
 /// socket and over HTTP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pages_of_the_heaviest_messages_stop_early_with_has_more_and_every_message_is_reachable()
-{
+async fn pages_of_the_heaviest_messages_stop_early_with_has_more_and_every_message_is_reachable() {
     let env = TestEnv::with_settings(&FAST).await;
     let _persistence = env.spawn_persistence().await;
     let gw = env.spawn_gateway().await;
@@ -90,7 +92,7 @@ async fn pages_of_the_heaviest_messages_stop_early_with_has_more_and_every_messa
         if reply["hasMore"] == false {
             break;
         }
-        assert!(pages < 10, "history never ends");
+        assert!(pages < 100, "history never ends");
     }
     assert!(pages >= 2, "a 1.6 MB history came in one page");
     assert_eq!(seen, (1..=N).collect::<Vec<_>>());
@@ -99,33 +101,29 @@ async fn pages_of_the_heaviest_messages_stop_early_with_has_more_and_every_messa
     let http = reqwest::Client::new();
     let base = format!("http://{}", gw.addr());
     let token = env.token("alice", 600);
-    let r = http
-        .get(format!("{base}/api/conversations/{dm}/messages?limit=200"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let first: Value = r.json().await.unwrap();
-    assert_eq!(first["hasMore"], true);
-    let first = seqs(&first["messages"]);
-    assert!(!first.is_empty() && (first.len() as i64) < N);
-    assert_eq!(*first.last().unwrap(), N);
-    let rest: Value = http
-        .get(format!(
-            "{base}/api/conversations/{dm}/messages?limit=200&beforeSeq={}",
-            first[0]
-        ))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let rest = seqs(&rest["messages"]);
-    assert_eq!(rest.first(), Some(&1), "{rest:?}");
-    assert_eq!(rest.last().unwrap() + 1, first[0]);
+    let mut over_http = Vec::new();
+    let mut query = String::new();
+    loop {
+        let r = http
+            .get(format!(
+                "{base}/api/conversations/{dm}/messages?limit=200{query}"
+            ))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let reply: Value = r.json().await.unwrap();
+        let page = seqs(&reply["messages"]);
+        assert!(!page.is_empty(), "a page always makes progress: {reply}");
+        over_http.splice(0..0, page.iter().copied());
+        if reply["hasMore"] == false {
+            break;
+        }
+        query = format!("&beforeSeq={}", page[0]);
+        assert!(over_http.len() < 1_000, "history over HTTP never ends");
+    }
+    assert_eq!(over_http, seen);
 
     // sync from the start, page by page.
     let mut after = 0;
@@ -146,7 +144,7 @@ async fn pages_of_the_heaviest_messages_stop_early_with_has_more_and_every_messa
         if reply["hasMore"] == false {
             break;
         }
-        assert!(pages < 10, "sync never ends");
+        assert!(pages < 100, "sync never ends");
     }
     assert!(pages >= 2, "a 1.6 MB sync came in one page");
     assert_eq!(synced, (1..=N).collect::<Vec<_>>());
@@ -193,7 +191,7 @@ async fn pages_of_the_heaviest_messages_stop_early_with_has_more_and_every_messa
             break;
         }
         cursor = reply["nextBefore"].clone();
-        assert!(pages < 10, "the list never ends");
+        assert!(pages < 100, "the list never ends");
     }
     assert!(pages >= 2, "a 1.1 MB list came in one page");
     assert_eq!(listed, groups);
@@ -231,7 +229,10 @@ async fn control_characters_in_content_are_refused_everywhere_with_the_rule_name
 
     let http = reqwest::Client::new();
     let r = http
-        .post(format!("http://{}/api/conversations/{dm}/messages", gw.addr()))
+        .post(format!(
+            "http://{}/api/conversations/{dm}/messages",
+            gw.addr()
+        ))
         .bearer_auth(env.token("alice", 600))
         .json(&json!({"content": hostile, "clientMsgId": "c-2"}))
         .send()
@@ -349,7 +350,10 @@ async fn a_conversation_of_a_thousand_participants_is_refused_and_nothing_is_wri
     let env = TestEnv::new().await;
     let _persistence = env.spawn_persistence().await;
     let gw = env.spawn_gateway().await;
-    let ids: Vec<String> = (0..1_000).map(|i| format!("u{i}")).collect();
+    // 1,000 ids, the caller's among them: 1,000 members, which the old cap let through.
+    let ids: Vec<String> = std::iter::once("alice".to_owned())
+        .chain((1..1_000).map(|i| format!("u{i}")))
+        .collect();
 
     let r = reqwest::Client::new()
         .post(format!("http://{}/api/conversations", gw.addr()))
