@@ -43,6 +43,55 @@ pub fn encode_err(error: &ApiError) -> Bytes {
     .into()
 }
 
+/// The largest reply a query may send, whatever the server allows. Two limits meet here: NATS
+/// refuses a message over its `max_payload` (1 MiB by default), and a gateway's socket refuses
+/// to queue a frame over its write buffer (four times `PARLEY_MAX_FRAME_BYTES`: 256 KiB by
+/// default); either way the reply would reach the client as `unavailable` or a dropped socket.
+/// Pages stop early (`hasMore`) rather than grow past it; smaller pages also reach a client
+/// sooner.
+pub const REPLY_CEILING: usize = 192 * 1024;
+/// Room left under the ceiling for the envelope around a page (`{"ok":true,...}`, the `/ws`
+/// ack frame) and the NATS headers (trace context), which count against `max_payload` too.
+pub const REPLY_MARGIN: usize = 16 * 1024;
+
+/// The bytes of JSON a page's items may take, for a server whose `max_payload` is
+/// `max_payload`.
+pub fn reply_budget(max_payload: usize) -> usize {
+    max_payload.min(REPLY_CEILING).saturating_sub(REPLY_MARGIN)
+}
+
+/// The length of `value` as JSON, without building the JSON.
+pub fn json_len<T: Serialize + ?Sized>(value: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value).expect("reply items always serialise");
+    count.0
+}
+
+/// How many of `items`, from the first, fit in a JSON array of at most `budget` bytes; never
+/// fewer than one when there is one, so a page always makes progress (a single item is bounded
+/// by the content and member caps, far below any budget).
+pub fn fitting<T: Serialize>(items: &[T], budget: usize) -> usize {
+    // `[` and `]`, then each item and the comma before all but the first.
+    let mut used = 2;
+    for (i, item) in items.iter().enumerate() {
+        used += json_len(item) + usize::from(i > 0);
+        if used > budget {
+            return i.max(1);
+        }
+    }
+    items.len()
+}
+
 pub fn encode<T: Serialize>(result: &Result<T, ApiError>) -> Bytes {
     match result {
         Ok(body) => encode_ok(body),
@@ -97,7 +146,12 @@ pub struct HistoryRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessagesReply {
+    /// Oldest first.
     pub messages: Vec<Message>,
+    /// Older messages exist before the first of this page: ask again with its `seq` as
+    /// `beforeSeq`. A page may stop before `limit` to stay within the reply size bound.
+    #[serde(default)]
+    pub has_more: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -120,6 +174,8 @@ pub struct SyncRequest {
 #[serde(rename_all = "camelCase")]
 pub struct SyncReply {
     pub messages: Vec<Message>,
+    /// More messages remain after this page (it stopped at `limit` or at the reply size
+    /// bound): ask again from the last `seq` received in each conversation.
     pub has_more: bool,
 }
 
@@ -155,6 +211,10 @@ pub struct ListReply {
     pub conversations: Vec<ListedConversation>,
     /// Pass as `before` for the next page; `None` on the last page.
     pub next_before: Option<String>,
+    /// Whether there is a next page (`nextBefore` is set). A page may stop before `limit` to
+    /// stay within the reply size bound.
+    #[serde(default)]
+    pub has_more: bool,
 }
 
 /// `message:edit`, by the sender.
@@ -232,6 +292,37 @@ mod tests {
             decode::<MembersReply>(&err).unwrap_err().code,
             ErrorCode::Forbidden
         );
+    }
+
+    #[test]
+    fn json_len_is_the_length_of_the_json() {
+        let v = serde_json::json!({"a": "\u{1}😀\"", "b": [1, 2]});
+        assert_eq!(json_len(&v), serde_json::to_vec(&v).unwrap().len());
+    }
+
+    #[test]
+    fn a_page_stops_before_the_item_that_would_pass_the_budget() {
+        let items = vec!["x".repeat(10); 5]; // 12 bytes each as JSON
+        // [a,b,c] = 2 + 12 * 3 + 2 = 40 bytes.
+        assert_eq!(fitting(&items, 40), 3);
+        assert_eq!(fitting(&items, 39), 2);
+        assert_eq!(fitting(&items, 10_000), 5);
+        let fits = fitting(&items, 40);
+        assert_eq!(json_len(&items[..fits]), 40);
+    }
+
+    #[test]
+    fn a_page_always_makes_progress() {
+        let items = vec!["x".repeat(100); 3];
+        assert_eq!(fitting(&items, 10), 1);
+        assert_eq!(fitting::<String>(&[], 10), 0);
+    }
+
+    #[test]
+    fn the_budget_leaves_a_margin_under_the_server_limit_and_the_ceiling() {
+        assert_eq!(reply_budget(1024 * 1024), REPLY_CEILING - REPLY_MARGIN);
+        assert_eq!(reply_budget(128 * 1024), 128 * 1024 - REPLY_MARGIN);
+        assert_eq!(reply_budget(0), 0);
     }
 
     #[test]

@@ -65,6 +65,10 @@ pub struct Limits {
     /// Engine.IO's heartbeat for Socket.IO: a ping this often, to be answered within the write
     /// timeout (`PARLEY_SOCKETIO_PING_SECONDS`, default 25, as Socket.IO's own default).
     pub socketio_ping_interval: Duration,
+    /// `PARLEY_MAX_MEMBERS`, default 256: participant ids one `POST /api/conversations` may
+    /// name, refused before the request goes on (persistence enforces the same setting on
+    /// every path that writes members).
+    pub max_members: usize,
 }
 
 impl Default for Limits {
@@ -81,6 +85,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(10),
             max_sockets_per_address: 200,
             socketio_ping_interval: Duration::from_secs(25),
+            max_members: 256,
         }
     }
 }
@@ -104,6 +109,7 @@ impl GatewayConfig {
             ),
             max_sockets_per_address: env
                 .parse_or("PARLEY_MAX_SOCKETS_PER_ADDRESS", d.max_sockets_per_address)?,
+            max_members: env.parse_or("PARLEY_MAX_MEMBERS", d.max_members)?,
             ..d
         };
         if limits.write_timeout.is_zero() {

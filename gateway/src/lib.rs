@@ -22,7 +22,8 @@
 //!   its tokens are refused (loaded from the auth role at start).
 //! - [`fanout`]: one NATS subscription per connected user, shared by that user's sockets.
 //! - [`metrics`]: the gateway's Prometheus metrics.
-//! - [`limits`]: the token bucket behind the per-user rate limit.
+//! - [`limits`]: the token bucket behind the per-user rate limit, and [`limits::UserRates`],
+//!   every user's bucket on this gateway (the HTTP API spends it; bounded and expiring).
 //! - [`transport::ws`]: the plain WebSocket transport at `/ws`;
 //!   [`transport::socketio`]: Socket.IO v4 at `/socket.io/`.
 //! - [`web`]: the web chat app's files at `/`.

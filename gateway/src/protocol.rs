@@ -288,8 +288,27 @@ fn positive_seq(seq: i64) -> Result<(), ApiError> {
     }
 }
 
-fn content(raw: String, max_content_chars: usize) -> Result<Content, ApiError> {
-    Content::parse(raw, max_content_chars).map_err(ApiError::from)
+/// Whether `c` is a control character content may not hold: C0 (U+0000 to U+001F) other than
+/// tab, line feed and carriage return. They are invisible or disruptive in chat text (terminal
+/// escapes, bells, backspaces), and JSON writes each as six bytes (`\u0001`), so they would
+/// make the heaviest messages there are.
+pub fn is_refused_control(c: char) -> bool {
+    c < '\u{20}' && !matches!(c, '\t' | '\n' | '\r')
+}
+
+/// Message text as a client sent it, checked: the domain rules of [`Content`] (not blank, no
+/// NUL, at most `max_content_chars`), then no refused control character. Every send and edit,
+/// over a socket or the HTTP API, is checked here.
+pub fn content(raw: String, max_content_chars: usize) -> Result<Content, ApiError> {
+    let content = Content::parse(raw, max_content_chars).map_err(ApiError::from)?;
+    if let Some(c) = content.as_str().chars().find(|&c| is_refused_control(c)) {
+        return Err(ApiError::invalid(format!(
+            "content must not contain control characters U+0000 to U+001F other than tab, \
+             line feed and carriage return (found U+{:04X})",
+            u32::from(c)
+        )));
+    }
+    Ok(content)
 }
 
 fn parse_edit(data: Option<&RawValue>, max_content_chars: usize) -> Result<Command, ApiError> {
@@ -540,6 +559,35 @@ mod tests {
             &serde_json::json!({ "userIds": many }).to_string(),
         );
         assert_eq!(r.unwrap_err().error.code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn c0_control_characters_are_refused_in_content_and_name_the_rule() {
+        for c in ('\u{1}'..='\u{1f}').filter(|c| !matches!(c, '\t' | '\n' | '\r')) {
+            let data =
+                serde_json::json!({"to": "bob", "content": format!("a{c}b"), "clientMsgId": "m"});
+            let r = send(&data.to_string()).unwrap_err();
+            assert_eq!(r.error.code, ErrorCode::Invalid, "U+{:04X}", u32::from(c));
+            assert!(
+                r.error.message.contains("control characters")
+                    && r.error.message.contains(&format!("U+{:04X}", u32::from(c))),
+                "{}",
+                r.error.message
+            );
+            assert_eq!(r.client_msg_id.as_deref(), Some("m"));
+        }
+        let c = Uuid::now_v7();
+        let edit = serde_json::json!({"conversationId": c, "seq": 1, "content": "x\u{1b}[2J"});
+        let r = Command::parse("message:edit", Some(&raw(&edit.to_string())), 10).unwrap_err();
+        assert_eq!(r.error.code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn tabs_newlines_and_other_characters_are_content() {
+        for ok in ["a\tb", "l\r\nl\n", "\u{7f}\u{85}😀", "中文"] {
+            let data = serde_json::json!({"to": "bob", "content": ok, "clientMsgId": "m"});
+            assert!(send(&data.to_string()).is_ok(), "{ok:?}");
+        }
     }
 
     #[test]

@@ -1,15 +1,19 @@
 //! The conversation and message routes of the HTTP API (DESIGN §7), for app servers and for
 //! clients that would rather not hold a socket. They go the same way as the socket's commands,
 //! through [`Session`]: a server-side send is checked, published to JetStream and idempotent on
-//! `clientMsgId` exactly like `message:send`.
+//! `clientMsgId` exactly like `message:send`. Every route spends the caller's request budget
+//! ([`Limited`]), the same per-user rate limit as a socket's frames.
 
-use axum::extract::State;
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use parley_common::rpc::{self, ListReply, MessagesReply, OpenReply};
-use parley_common::wire::ApiError;
+use parley_common::wire::{ApiError, ErrorCode};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use utoipa::{IntoParams, ToSchema};
@@ -35,10 +39,52 @@ pub fn routes() -> Router<AppState> {
 
 type HttpResult<T> = Result<T, HttpError>;
 
+/// The caller, authenticated ([`AuthUser`]) and within their request budget: each request
+/// takes one token of the user's bucket in [`crate::limits::UserRates`] (`PARLEY_SEND_RATE`,
+/// `PARLEY_SEND_BURST`). Past it: 429 `rate_limited` with `Retry-After`.
+pub struct Limited(pub AuthUser);
+
+impl FromRequestParts<AppState> for Limited {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let user = AuthUser::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        state.rates.allow(&user.0.user_id).map_err(rate_limited)?;
+        Ok(Limited(user))
+    }
+}
+
+/// 429 `{error: {code: "rate_limited", ...}}` with `Retry-After` in whole seconds, at least 1.
+pub fn rate_limited(wait: Duration) -> Response {
+    let secs = retry_after_secs(wait);
+    let mut response = HttpError(ApiError::new(
+        ErrorCode::RateLimited,
+        format!("too many requests: retry in {secs} s"),
+    ))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// A wait as `Retry-After` seconds: rounded up (retrying sooner would be refused again), at
+/// least 1 (0 would invite a busy loop).
+fn retry_after_secs(wait: Duration) -> u64 {
+    wait.as_secs()
+        .saturating_add(u64::from(wait.subsec_nanos() > 0))
+        .max(1)
+}
+
 /// Runs a command as `user` and decodes its `{ok: true, ...}` answer.
 async fn run<T: serde::de::DeserializeOwned>(
     state: &AppState,
-    user: AuthUser,
+    Limited(user): Limited,
     command: Command,
 ) -> Result<T, ApiError> {
     let session = Session::new(state.clone(), user.0.user_id);
@@ -71,11 +117,13 @@ pub struct ListQuery {
         (status = 200, description = "A page of conversations", body = ListReply),
         (status = 400, description = "Malformed query or cursor", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 429, description = "Over the caller's request rate: retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds, at least 1, until a retry can be accepted"))),
         (status = 503, description = "Try again", body = ErrorBody),
     ))]
 pub async fn list_conversations(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: Limited,
     Q(q): Q<ListQuery>,
 ) -> HttpResult<Json<ListReply>> {
     let command = Command::List(ListData {
@@ -105,16 +153,25 @@ pub struct OpenBody {
     security(("bearer" = []), ("session_cookie" = [])),
     responses(
         (status = 200, description = "The conversation", body = OpenReply),
-        (status = 400, description = "Malformed, or no other participant", body = ErrorBody),
+        (status = 400, description = "Malformed, no other participant, or more participants than `PARLEY_MAX_MEMBERS` (default 256)", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 429, description = "Over the caller's request rate: retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds, at least 1, until a retry can be accepted"))),
         (status = 503, description = "Try again", body = ErrorBody),
     ))]
 pub async fn open_conversation(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: Limited,
     raw: axum::body::Bytes,
 ) -> HttpResult<Json<OpenReply>> {
     let b: OpenBody = body(&raw)?;
+    // Refused here, before the list travels any further (persistence checks the same cap).
+    let max = state.limits.max_members;
+    if b.participant_ids.len() > max {
+        return Err(HttpError(ApiError::invalid(format!(
+            "a conversation may have at most {max} members, the caller included"
+        ))));
+    }
     let command = Command::Open(OpenData {
         participant_ids: b.participant_ids,
         title: b.title,
@@ -144,12 +201,14 @@ pub struct HistoryQuery {
         (status = 200, description = "Messages, oldest first", body = MessagesReply),
         (status = 400, description = "Malformed id or query", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 429, description = "Over the caller's request rate: retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds, at least 1, until a retry can be accepted"))),
         (status = 403, description = "Not a member, or no such conversation", body = ErrorBody),
         (status = 503, description = "Try again", body = ErrorBody),
     ))]
 pub async fn list_messages(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: Limited,
     P(id): P<Uuid>,
     Q(q): Q<HistoryQuery>,
 ) -> HttpResult<Json<MessagesReply>> {
@@ -165,11 +224,12 @@ pub async fn list_messages(
 #[derive(Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendBody {
-    /// 1 to 4,000 characters (configurable), not blank, no NUL.
+    /// 1 to 4,000 characters (configurable), not blank, no control characters U+0000 to
+    /// U+001F other than tab, line feed and carriage return.
     #[schema(
         min_length = 1,
         max_length = 4000,
-        pattern = "^[^\\u0000]*\\S[^\\u0000]*$"
+        pattern = "^[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F]*\\S[^\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F]*$"
     )]
     content: String,
     /// The sender's own id for the message: a retry with the same one is stored once.
@@ -195,15 +255,17 @@ pub struct Accepted {
     security(("bearer" = []), ("session_cookie" = [])),
     responses(
         (status = 202, description = "Accepted", body = Accepted),
-        (status = 400, description = "Malformed id or body", body = ErrorBody),
+        (status = 400, description = "Malformed id or body, or content with a refused control character", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 429, description = "Over the caller's request rate: retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Whole seconds, at least 1, until a retry can be accepted"))),
         (status = 403, description = "Not a member, or no such conversation", body = ErrorBody),
         (status = 413, description = "Content too long", body = ErrorBody),
         (status = 503, description = "Not accepted: retry with the same clientMsgId", body = ErrorBody),
     ))]
 pub async fn send_message(
     State(state): State<AppState>,
-    user: AuthUser,
+    user: Limited,
     P(id): P<Uuid>,
     raw: axum::body::Bytes,
 ) -> HttpResult<Response> {
@@ -219,4 +281,27 @@ pub async fn send_message(
         .map_err(|r| HttpError(r.error))?;
     let accepted: Accepted = run(&state, user, command).await?;
     Ok((StatusCode::ACCEPTED, Json(accepted)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up_and_never_zero() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(20)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1_001)), 2);
+    }
+
+    #[tokio::test]
+    async fn a_rate_limited_answer_has_the_error_body_and_retry_after() {
+        let r = rate_limited(Duration::from_millis(2_500));
+        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
+        let body = axum::body::to_bytes(r.into_body(), 4096).await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "rate_limited");
+    }
 }

@@ -86,6 +86,7 @@ impl Application {
             subjects,
             js,
             addresses: crate::addresses::AddressCounter::new(config.limits.max_sockets_per_address),
+            rates: crate::limits::UserRates::from_limits(&config.limits),
             limits: config.limits,
             metrics,
             draining: CancellationToken::new(),

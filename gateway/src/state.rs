@@ -14,6 +14,7 @@ use crate::chat::ChatClient;
 use crate::config::Limits;
 use crate::fanout::Fanout;
 use crate::jwks::JwksCache;
+use crate::limits::UserRates;
 use crate::metrics::GatewayMetrics;
 use crate::presence::Presence;
 use crate::typing::Typing;
@@ -32,6 +33,8 @@ pub struct Shared {
     pub limits: Limits,
     /// Sockets per client address (`PARLEY_MAX_SOCKETS_PER_ADDRESS`).
     pub addresses: Arc<AddressCounter>,
+    /// Every user's request budget on this gateway, for the HTTP API (and sockets).
+    pub rates: UserRates,
     pub metrics: Arc<GatewayMetrics>,
     /// Cancelled when the gateway drains: every socket says goodbye and closes.
     pub draining: CancellationToken,

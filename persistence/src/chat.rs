@@ -8,9 +8,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use parley_common::domain::{Content, UserId};
 use parley_common::rpc::{
-    ContactsReply, ContactsRequest, DeleteRequest, EditRequest, Empty, HistoryRequest, ListReply,
-    ListRequest, MemberRequest, MembersReply, MembersRequest, MessageReply, MessagesReply,
-    OpenReply, OpenRequest, SyncReply, SyncRequest,
+    self, ContactsReply, ContactsRequest, DeleteRequest, EditRequest, Empty, HistoryRequest,
+    ListReply, ListRequest, MemberRequest, MembersReply, MembersRequest, MessageReply,
+    MessagesReply, OpenReply, OpenRequest, SyncReply, SyncRequest,
 };
 use parley_common::subjects::Subjects;
 use parley_common::wire::{
@@ -22,8 +22,13 @@ use uuid::Uuid;
 use crate::error::Error;
 use crate::store::{conversations, messages};
 
-/// The most members a conversation opened in one call may have.
-pub const MAX_PARTICIPANTS: usize = 1_000;
+/// The most members a conversation may have unless configured otherwise (`PARLEY_MAX_MEMBERS`):
+/// every member is written a row and told of every event, so one call must not fan out to
+/// thousands.
+pub const DEFAULT_MAX_MEMBERS: usize = 256;
+/// The highest `PARLEY_MAX_MEMBERS` accepted: it keeps a conversation, members and all, far
+/// below the reply size bound (`rpc::reply_budget`).
+pub const MAX_MEMBERS_LIMIT: usize = 1_000;
 /// The longest group title, in characters.
 pub const MAX_TITLE_CHARS: usize = 200;
 pub const HISTORY_DEFAULT_LIMIT: u32 = 50;
@@ -46,6 +51,21 @@ pub struct ChatContext {
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub subjects: Subjects,
+    /// The most members a conversation may have (`PARLEY_MAX_MEMBERS`).
+    pub max_members: usize,
+}
+
+impl ChatContext {
+    /// The bytes of JSON a page may take so that its reply fits the server's `max_payload`.
+    fn reply_budget(&self) -> usize {
+        rpc::reply_budget(self.nats.max_payload())
+    }
+}
+
+fn too_many_members(max: usize) -> ApiError {
+    ApiError::invalid(format!(
+        "a conversation may have at most {max} members, the caller included"
+    ))
 }
 
 /// `conversation:open`: the caller is a member whether listed or not; two members and no title
@@ -53,6 +73,10 @@ pub struct ChatContext {
 /// group. Every member is told `conversation:new` when one is created.
 #[tracing::instrument(skip_all, fields(user = %req.user_id))]
 pub async fn open(ctx: &ChatContext, req: OpenRequest) -> Result<OpenReply, ApiError> {
+    // Checked before the ids are even collected: a list far over the cap costs nothing more.
+    if req.participant_ids.len() > ctx.max_members {
+        return Err(too_many_members(ctx.max_members));
+    }
     let mut members: BTreeSet<&str> = req.participant_ids.iter().map(UserId::as_str).collect();
     members.insert(req.user_id.as_str());
     if members.len() < 2 {
@@ -60,10 +84,8 @@ pub async fn open(ctx: &ChatContext, req: OpenRequest) -> Result<OpenReply, ApiE
             "a conversation needs at least one participant besides you",
         ));
     }
-    if members.len() > MAX_PARTICIPANTS {
-        return Err(ApiError::invalid(format!(
-            "a conversation may have at most {MAX_PARTICIPANTS} participants"
-        )));
+    if members.len() > ctx.max_members {
+        return Err(too_many_members(ctx.max_members));
     }
     let title = req
         .title
@@ -115,7 +137,8 @@ async fn announce(ctx: &ChatContext, users: &[String], event: Bytes) {
 }
 
 /// `message:history`: a page of messages before `beforeSeq` (the newest when absent), in seq
-/// order.
+/// order, with `hasMore` when older ones exist. The page keeps the newest messages that fit the
+/// reply size bound, at least one.
 #[tracing::instrument(skip_all, fields(user = %req.user_id, conversation = %req.conversation_id))]
 pub async fn history(ctx: &ChatContext, req: HistoryRequest) -> Result<MessagesReply, ApiError> {
     let limit = req
@@ -127,15 +150,24 @@ pub async fn history(ctx: &ChatContext, req: HistoryRequest) -> Result<MessagesR
         return Err(ApiError::invalid("beforeSeq must be at least 1"));
     }
     require_member(ctx, req.conversation_id, &req.user_id).await?;
-    let mut page = messages::before(&ctx.pool, req.conversation_id, before, i64::from(limit))
+    // One more than asked, to know whether older ones exist.
+    let mut page = messages::before(&ctx.pool, req.conversation_id, before, i64::from(limit) + 1)
         .await
         .map_err(Error::from)?;
+    // Newest first here: what fits is the newest end of the page.
+    let keep = rpc::fitting(&page[..page.len().min(limit as usize)], ctx.reply_budget());
+    let has_more = page.len() > keep;
+    page.truncate(keep);
     page.reverse();
-    Ok(MessagesReply { messages: page })
+    Ok(MessagesReply {
+        messages: page,
+        has_more,
+    })
 }
 
 /// `sync`: everything after each given position, in seq order per conversation, paged with
-/// `hasMore`. Straight from Postgres, so there is no window after which recovery gives up.
+/// `hasMore` (at `limit`, or earlier at the reply size bound, at least one message). Straight
+/// from Postgres, so there is no window after which recovery gives up.
 #[tracing::instrument(skip_all, fields(user = %req.user_id, conversations = req.conversations.len()))]
 pub async fn sync(ctx: &ChatContext, req: SyncRequest) -> Result<SyncReply, ApiError> {
     if req.conversations.len() > SYNC_MAX_CONVERSATIONS {
@@ -173,8 +205,14 @@ pub async fn sync(ctx: &ChatContext, req: SyncRequest) -> Result<SyncReply, ApiE
     let mut found = messages::after(&ctx.pool, &ids, &afters, i64::from(limit) + 1)
         .await
         .map_err(Error::from)?;
-    let has_more = found.len() > limit as usize;
-    found.truncate(limit as usize);
+    // A prefix of the (conversation, seq) order, so each conversation's part stays contiguous
+    // and the next page starts from the last seq received in each.
+    let keep = rpc::fitting(
+        &found[..found.len().min(limit as usize)],
+        ctx.reply_budget(),
+    );
+    let has_more = found.len() > keep;
+    found.truncate(keep);
     Ok(SyncReply {
         messages: found,
         has_more,
@@ -188,7 +226,8 @@ pub async fn members(ctx: &ChatContext, req: MembersRequest) -> Result<MembersRe
 }
 
 /// `conversation:list`: the caller's conversations, the most recently active first, each with
-/// its last message and the caller's unread count; paged by the opaque `nextBefore` cursor.
+/// its last message and the caller's unread count; paged by the opaque `nextBefore` cursor (and
+/// `hasMore`), stopping at `limit` or earlier at the reply size bound, at least one.
 #[tracing::instrument(skip_all, fields(user = %req.user_id))]
 pub async fn list(ctx: &ChatContext, req: ListRequest) -> Result<ListReply, ApiError> {
     let limit = req
@@ -204,14 +243,8 @@ pub async fn list(ctx: &ChatContext, req: ListRequest) -> Result<ListReply, ApiE
     )
     .await
     .map_err(Error::from)?;
-    let more = rows.len() > limit as usize;
+    let fetched = rows.len();
     rows.truncate(limit as usize);
-    let next_before = if more {
-        rows.last()
-            .map(|r| cursor(r.active_at, r.conversation().id))
-    } else {
-        None
-    };
     let listed: Vec<(Conversation, i64)> = rows
         .iter()
         .map(|r| (r.conversation(), r.unread_count))
@@ -224,7 +257,7 @@ pub async fn list(ctx: &ChatContext, req: ListRequest) -> Result<ListReply, ApiE
     let mut last = messages::at(&ctx.pool, &ids, &seqs)
         .await
         .map_err(Error::from)?;
-    let conversations = listed
+    let mut conversations: Vec<ListedConversation> = listed
         .into_iter()
         .map(|(conversation, unread_count)| {
             let last_message = last
@@ -238,7 +271,17 @@ pub async fn list(ctx: &ChatContext, req: ListRequest) -> Result<ListReply, ApiE
             }
         })
         .collect();
+    let keep = rpc::fitting(&conversations, ctx.reply_budget());
+    conversations.truncate(keep);
+    let next_before = if fetched > keep {
+        keep.checked_sub(1)
+            .and_then(|last| rows.get(last))
+            .map(|r| cursor(r.active_at, r.conversation().id))
+    } else {
+        None
+    };
     Ok(ListReply {
+        has_more: next_before.is_some(),
         conversations,
         next_before,
     })
@@ -392,10 +435,9 @@ async fn change_members(
     let mut after = before.clone();
     let conversation = if add {
         if !present {
-            if after.len() >= MAX_PARTICIPANTS {
-                return Err(ApiError::invalid(format!(
-                    "a conversation may have at most {MAX_PARTICIPANTS} participants"
-                )));
+            // Under the conversation's lock, so concurrent adds cannot pass the cap together.
+            if after.len() >= ctx.max_members {
+                return Err(too_many_members(ctx.max_members));
             }
             after.push(member.to_owned());
             after.sort();
@@ -442,11 +484,22 @@ async fn change_members(
     Ok(OpenReply { conversation })
 }
 
-/// Who shares a conversation with the user: whom their presence concerns.
+/// Who shares a conversation with the user: whom their presence concerns. At most
+/// `MAX_CONTACTS`, and no more than fit the reply size bound (10,000 ids of 128 characters
+/// would not).
 pub async fn contacts(ctx: &ChatContext, req: ContactsRequest) -> Result<ContactsReply, ApiError> {
-    let user_ids = conversations::contacts(&ctx.pool, req.user_id.as_str(), MAX_CONTACTS)
+    let mut user_ids = conversations::contacts(&ctx.pool, req.user_id.as_str(), MAX_CONTACTS)
         .await
         .map_err(Error::from)?;
+    let keep = rpc::fitting(&user_ids, ctx.reply_budget());
+    if keep < user_ids.len() {
+        tracing::warn!(
+            contacts = user_ids.len(),
+            kept = keep,
+            "contacts cut to the reply size bound"
+        );
+        user_ids.truncate(keep);
+    }
     Ok(ContactsReply { user_ids })
 }
 
@@ -480,5 +533,73 @@ async fn require_member(
         Err(ApiError::forbidden())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parley_common::wire::Message;
+
+    /// The largest message a gateway lets through at the default content limit, as JSON: every
+    /// character one that JSON escapes to six bytes (`\u0001`; refused now, but stored before
+    /// the rule or forged behind a gateway's back), ids at their longest.
+    fn worst_message() -> Message {
+        Message {
+            id: Uuid::nil(),
+            conversation_id: Uuid::nil(),
+            seq: i64::MAX,
+            sender_id: "u".repeat(UserId::MAX_LEN),
+            client_msg_id: "\\".repeat(parley_common::domain::ClientMsgId::MAX_LEN),
+            content: "\u{1}".repeat(Content::DEFAULT_MAX_CHARS),
+            read_at: Some(Utc::now()),
+            created_at: Utc::now(),
+            edited_at: Some(Utc::now()),
+            deleted_at: Some(Utc::now()),
+        }
+    }
+
+    #[test]
+    fn the_largest_single_item_fits_the_reply_bound() {
+        let budget = rpc::reply_budget(1024 * 1024);
+        let message = worst_message();
+        let listed = ListedConversation {
+            conversation: Conversation {
+                id: Uuid::nil(),
+                kind: ConversationKind::Group,
+                title: Some("\u{1}".repeat(MAX_TITLE_CHARS)),
+                participant_ids: vec!["u".repeat(UserId::MAX_LEN); MAX_MEMBERS_LIMIT],
+                last_seq: i64::MAX,
+                last_message_at: Some(Utc::now()),
+                created_at: Utc::now(),
+            },
+            last_message: Some(message.clone()),
+            unread_count: i64::MAX,
+        };
+        // `[item]` is the page; the envelope around it is what the margin is for.
+        for len in [rpc::json_len(&[&message]), rpc::json_len(&[&listed])] {
+            assert!(len < budget, "{len} bytes > budget {budget}");
+        }
+        // Not vacuous: 4,000 six-byte characters, and 1,000 ids of 128.
+        assert!(rpc::json_len(&message) > 6 * Content::DEFAULT_MAX_CHARS);
+        assert!(rpc::json_len(&listed) > 6 * Content::DEFAULT_MAX_CHARS + 128 * 1_000);
+    }
+
+    #[test]
+    fn a_page_of_maximal_messages_is_cut_below_the_bound() {
+        let budget = rpc::reply_budget(1024 * 1024);
+        let page = vec![worst_message(); 50];
+        let keep = rpc::fitting(&page, budget);
+        assert!((1..50).contains(&keep), "{keep}");
+        assert!(rpc::json_len(&page[..keep]) <= budget);
+        assert!(rpc::json_len(&page[..keep + 1]) > budget);
+    }
+
+    #[test]
+    fn list_cursors_read_back() {
+        let at = DateTime::from_timestamp_micros(1_700_000_000_123_456).unwrap();
+        let id = Uuid::now_v7();
+        assert_eq!(parse_cursor(&cursor(at, id)).unwrap(), (at, id));
+        assert!(parse_cursor("nope").is_err());
     }
 }

@@ -20,6 +20,9 @@ pub struct PersistenceConfig {
     pub parallel: usize,
     /// How long the broker waits for an ack before redelivering.
     pub ack_wait: Duration,
+    /// `PARLEY_MAX_MEMBERS`, default 256: the most members a conversation may have, enforced
+    /// where members are written (open, member:add), so every path is covered.
+    pub max_members: usize,
 }
 
 impl PersistenceConfig {
@@ -43,6 +46,17 @@ impl PersistenceConfig {
                 reason: "must be at least 1".into(),
             });
         }
+        let max_members: usize =
+            env.parse_or("PARLEY_MAX_MEMBERS", crate::chat::DEFAULT_MAX_MEMBERS)?;
+        if !(2..=crate::chat::MAX_MEMBERS_LIMIT).contains(&max_members) {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_MAX_MEMBERS",
+                reason: format!(
+                    "{max_members}: expected 2 to {}",
+                    crate::chat::MAX_MEMBERS_LIMIT
+                ),
+            });
+        }
         Ok(Self {
             database_url: env.secret("DATABASE_URL").ok_or(ConfigError::Missing {
                 name: "DATABASE_URL",
@@ -54,6 +68,7 @@ impl PersistenceConfig {
             max_ack_pending: 20_000,
             parallel,
             ack_wait: Duration::from_secs(env.parse_or("PARLEY_ACK_WAIT_SECONDS", 30)?),
+            max_members,
         })
     }
 }

@@ -43,6 +43,7 @@ impl Application {
             pool: pool.clone(),
             nats: nats.clone(),
             subjects: config.nats.prefix.clone(),
+            max_members: config.max_members,
         })
         .await?;
         Ok(Self {

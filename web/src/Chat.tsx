@@ -205,7 +205,7 @@ export function Chat({ me, onSignOut, onSessionOver }: Props) {
     try {
       const r = await request(s, "message:history", { conversationId, beforeSeq, limit: HISTORY_PAGE });
       if (!r.ok) throw new Error(r.error.message);
-      dispatch({ type: "history", conversationId, messages: r.messages, limit: HISTORY_PAGE });
+      dispatch({ type: "history", conversationId, messages: r.messages, hasMore: r.hasMore });
     } catch {
       dispatch({ type: "historyFailed", conversationId });
     }

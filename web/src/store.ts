@@ -39,7 +39,7 @@ export type Action =
   | { type: "messages"; messages: Message[]; live: boolean }
   | { type: "updated"; message: Message }
   | { type: "historyLoading"; conversationId: string }
-  | { type: "history"; conversationId: string; messages: Message[]; limit: number }
+  | { type: "history"; conversationId: string; messages: Message[]; hasMore: boolean }
   | { type: "historyFailed"; conversationId: string }
   | { type: "pending"; conversationId: string; pending: Pending }
   | { type: "sendFailed"; clientMsgId: string; error: string }
@@ -180,7 +180,8 @@ export function reducer(state: State, action: Action): State {
       const merged = merge(state.messages[id], action.messages);
       const oldest = merged[0]?.seq ?? 1;
       // An older page only shortens what is left; the first page decides alone.
-      const hasOlder = action.messages.length >= action.limit && oldest > 1 && (h?.loaded ? h.hasOlder : true);
+      // The server says so: a page may stop short of the limit (replies are bounded in bytes).
+      const hasOlder = action.hasMore && oldest > 1 && (h?.loaded ? h.hasOlder : true);
       const c = state.convs[id];
       const newest = merged[merged.length - 1];
       return {

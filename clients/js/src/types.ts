@@ -70,7 +70,8 @@ export interface ClientEvents {
   };
   "message:history": {
     data: { conversationId: string; beforeSeq?: number; limit?: number };
-    reply: Reply<{ messages: Message[] }>;
+    /** `hasMore`: older messages exist; a page may stop short of `limit` (replies are bounded in bytes). */
+    reply: Reply<{ messages: Message[]; hasMore: boolean }>;
   };
   sync: {
     data: { conversations: SyncPosition[]; limit?: number };
@@ -83,7 +84,7 @@ export interface ClientEvents {
   typing: { data: { conversationId: string; isTyping: boolean }; reply: Reply<Record<never, never>> };
   "conversation:list": {
     data: { before?: string; limit?: number };
-    reply: Reply<{ conversations: ListedConversation[]; nextBefore: string | null }>;
+    reply: Reply<{ conversations: ListedConversation[]; nextBefore: string | null; hasMore: boolean }>;
   };
   "message:edit": {
     data: { conversationId: string; seq: number; content: string };
