@@ -20,7 +20,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
-use crate::limits::TokenBucket;
 use crate::metrics::{ConnectionGuard, GatewayMetrics, Transport};
 use crate::presence::Tracker;
 
@@ -44,8 +43,6 @@ struct UserEntry {
     /// `None` until the subscription is in place; then whether it was.
     ready: watch::Sender<Option<bool>>,
     forwarder: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// The user's frames, across all their sockets here.
-    rate: Mutex<TokenBucket>,
 }
 
 struct Sink {
@@ -68,22 +65,11 @@ pub struct Attachment {
     pub tx: mpsc::Sender<Bytes>,
     /// Cancelled when the user signs out of the session this socket authenticated with.
     pub revoked: CancellationToken,
-    entry: Arc<UserEntry>,
     detach: Option<(Arc<Fanout>, UserId, u64)>,
     _counted: ConnectionGuard,
 }
 
 impl Attachment {
-    /// Takes one frame's worth of the user's rate limit.
-    pub fn allow(&self) -> bool {
-        self.entry.rate.lock().expect("rate lock").allow()
-    }
-
-    /// A handle on the user's rate limit, for code that does not own the attachment.
-    pub fn limiter(&self) -> UserLimiter {
-        UserLimiter(self.entry.clone())
-    }
-
     /// The socket now speaks for Parley session `session` (an `auth:refresh` with another
     /// session's token): signing out of that session ends it, signing out of the old one no
     /// longer does.
@@ -91,17 +77,6 @@ impl Attachment {
         if let Some((fanout, user, id)) = &self.detach {
             fanout.rebind(user, *id, session);
         }
-    }
-}
-
-/// The user's rate limit, shared by all their sockets on this gateway.
-#[derive(Clone)]
-pub struct UserLimiter(Arc<UserEntry>);
-
-impl UserLimiter {
-    /// Takes one frame's worth of the user's rate limit.
-    pub fn allow(&self) -> bool {
-        self.0.rate.lock().expect("rate lock").allow()
     }
 }
 
@@ -178,10 +153,6 @@ impl Fanout {
                         sockets: RwLock::new(vec![sink]),
                         ready: watch::Sender::new(None),
                         forwarder: Mutex::new(None),
-                        rate: Mutex::new(TokenBucket::new(
-                            self.limits.send_rate,
-                            self.limits.send_burst,
-                        )),
                     });
                     users.insert(user.clone(), entry.clone());
                     self.presence.up(user);
@@ -194,7 +165,6 @@ impl Fanout {
             slow,
             tx,
             revoked,
-            entry: entry.clone(),
             detach: Some((self.clone(), user.clone(), id)),
             _counted: self.metrics.connected(transport),
         };

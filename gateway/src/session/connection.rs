@@ -213,7 +213,7 @@ impl<R: Send + 'static> Live<R> {
         let limits = &state.limits;
         let max_inflight = limits.max_inflight;
         Self {
-            gate: Gate::new(attachment.limiter(), limits.flood_strikes),
+            gate: Gate::new(state.clone(), who.user.clone()),
             inflight: Arc::new(Semaphore::new(max_inflight)),
             answers: mpsc::channel(max_inflight),
             write_timeout: limits.write_timeout,

@@ -1,12 +1,14 @@
 //! What a connection lets through: every client frame, whatever the transport, takes a token of
-//! the user's rate; a frame without one is answered `rate_limited`, and a connection that keeps
+//! the user's rate (the same budget as their REST calls, `UserRates`); a frame without one is answered `rate_limited`, and a connection that keeps
 //! sending into a refusal is a flood and is closed. Pure: the clock is an argument.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::fanout::UserLimiter;
+use parley_common::domain::UserId;
+
+use crate::state::AppState;
 
 /// What happens to one client frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,24 +23,26 @@ pub enum Admit {
 
 /// The rate limit and flood count of one connection.
 pub struct Gate {
-    limiter: UserLimiter,
+    state: AppState,
+    user: UserId,
     flood: Flood,
 }
 
 impl Gate {
-    pub fn new(limiter: UserLimiter, flood_strikes: u32) -> Self {
+    pub fn new(state: AppState, user: UserId) -> Self {
+        let strikes = state.limits.flood_strikes;
         Self {
-            limiter,
-            flood: Flood::new(flood_strikes, Instant::now()),
+            state,
+            user,
+            flood: Flood::new(strikes, Instant::now()),
         }
     }
 
     /// Takes one frame's worth of the user's rate.
     pub fn admit(&mut self) -> Admit {
-        if self.limiter.allow() {
-            Admit::Yes
-        } else {
-            self.flood.refused(Instant::now())
+        match self.state.rates.allow(&self.user) {
+            Ok(()) => Admit::Yes,
+            Err(_retry_after) => self.flood.refused(Instant::now()),
         }
     }
 }

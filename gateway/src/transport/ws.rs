@@ -92,7 +92,8 @@ pub async fn upgrade(
     };
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(0)
-        .max_write_buffer_size(max * 4)
+        // Room for the largest reply (a page is cut at REPLY_CEILING) whatever the frame limit.
+        .max_write_buffer_size((max * 4).max(parley_common::rpc::REPLY_CEILING + 64 * 1024))
         .max_message_size(max)
         .max_frame_size(max)
         .on_upgrade(move |socket| {
