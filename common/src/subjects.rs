@@ -149,6 +149,15 @@ impl Subjects {
         format!("{}.ctl.conversation.{conversation}", self.prefix)
     }
 
+    /// The conversation of a `{p}.ctl.conversation.<conversation>` subject.
+    pub fn parse_ctl_conversation(&self, subject: &str) -> Result<Uuid, SubjectError> {
+        subject
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(".ctl.conversation."))
+            .and_then(|id| Uuid::parse_str(id).ok())
+            .ok_or_else(|| SubjectError(format!("not a conversation control subject: {subject}")))
+    }
+
     /// `{p}.ctl.conversation.*`: what a gateway subscribes to.
     pub fn ctl_conversation_all(&self) -> String {
         format!("{}.ctl.conversation.*", self.prefix)
@@ -321,6 +330,22 @@ mod tests {
     fn prefixes_that_would_break_a_subject_are_refused() {
         for bad in ["", "a.b", "a b", "a>", "*", &"x".repeat(33)] {
             assert!(Subjects::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn a_conversation_control_subject_names_its_conversation_and_nothing_else_passes() {
+        let subjects = Subjects::new("parley").unwrap();
+        let id = Uuid::now_v7();
+        let subject = subjects.ctl_conversation(id);
+        assert_eq!(subjects.parse_ctl_conversation(&subject).unwrap(), id);
+        for bad in [
+            "parley.ctl.conversation.not-a-uuid",
+            "other.ctl.conversation.0198c3a4-2b7e-7000-8000-000000000000",
+            "parley.ctl.user.0198c3a4-2b7e-7000-8000-000000000000",
+            "parley.ctl.conversation.",
+        ] {
+            assert!(subjects.parse_ctl_conversation(bad).is_err(), "{bad}");
         }
     }
 }

@@ -137,9 +137,9 @@ pub async fn watch_changes(
         .map_err(|e| nats_error(&e))?;
     Ok(tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
-            let id = msg.subject.as_str().rsplit('.').next().map(Uuid::try_parse);
-            if let Some(Ok(id)) = id {
-                state.chat.forget(id).await;
+            match state.subjects.parse_ctl_conversation(msg.subject.as_str()) {
+                Ok(id) => state.chat.forget(id).await,
+                Err(e) => tracing::warn!(error = %e, "ignoring a control event"),
             }
         }
     }))
