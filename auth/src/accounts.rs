@@ -121,7 +121,7 @@ pub async fn register(ctx: &AuthContext, req: RegisterRequest) -> Result<SignedI
         return Err(invalid("displayName must be at most 64 characters"));
     }
     let hash = password::hash(req.password).await?;
-    let id = uuid::Uuid::now_v7().simple().to_string();
+    let id = crate::verify::new_account_id();
     match users::create(&ctx.pool, &id, username, email, display_name, &hash).await {
         Ok(()) => {}
         Err(users::CreateError::UsernameTaken) => return Err(invalid("username is taken")),
