@@ -7,6 +7,8 @@ use parley_common::config::{ConfigError, Env, NatsConfig, port};
 use parley_common::domain::Content;
 use parley_common::nats::StreamSettings;
 
+use crate::client_addr::TrustedProxies;
+
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// `PORT`: HTTP, `/ws`; 0 picks a free port (tests).
@@ -47,6 +49,9 @@ pub struct Limits {
     pub flood_strikes: u32,
     /// Sockets one user may hold on one gateway (`PARLEY_MAX_CONNECTIONS_PER_USER`).
     pub max_connections_per_user: usize,
+    /// `PARLEY_TRUSTED_PROXIES`, default none: the proxies whose `X-Forwarded-For` names the
+    /// client address that per-address limits count ([`crate::client_addr`]).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for Limits {
@@ -60,6 +65,7 @@ impl Default for Limits {
             send_burst: 200.0,
             flood_strikes: 200,
             max_connections_per_user: 20,
+            trusted_proxies: TrustedProxies::none(),
         }
     }
 }
@@ -77,6 +83,7 @@ impl GatewayConfig {
                 "PARLEY_MAX_CONNECTIONS_PER_USER",
                 d.max_connections_per_user,
             )?,
+            trusted_proxies: TrustedProxies::from_env(env)?,
             ..d
         };
         if limits.outbound_queue < 16 {

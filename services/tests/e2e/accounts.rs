@@ -314,6 +314,7 @@ async fn bad_account_requests_get_clear_errors() {
     }
     let r = reqwest::Client::new()
         .post(&url)
+        .header("content-type", "application/json")
         .body("{nope")
         .send()
         .await
