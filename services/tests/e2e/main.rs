@@ -8,6 +8,7 @@ mod chat;
 mod deploy;
 mod faults;
 mod helpers;
+mod hostile_auth;
 mod jsclient;
 mod observability;
 mod old_nats;
