@@ -309,12 +309,9 @@ impl Verifier {
                     let mut required = vec!["exp", "sub"];
                     v.validate_exp = true;
                     v.validate_nbf = true;
-                    match &policy.issuer {
-                        Some(iss) => {
-                            v.set_issuer(&[iss]);
-                            required.push("iss");
-                        }
-                        None => {}
+                    if let Some(iss) = &policy.issuer {
+                        v.set_issuer(&[iss]);
+                        required.push("iss");
                     }
                     match &policy.audience {
                         Some(aud) => {
