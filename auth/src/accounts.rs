@@ -13,8 +13,8 @@ use crate::api::{
 };
 use crate::config::AuthConfig;
 use crate::error::Error;
-use crate::limiter::LoginLimiter;
-use crate::password;
+use crate::limiter::{LoginLimiter, RegisterLimiter};
+use crate::password::{self, Hasher};
 use crate::signing::{Jwks, KeyRing};
 use crate::store::{keys, sessions, users};
 
@@ -25,6 +25,9 @@ pub struct AuthContext {
     pub config: AuthConfig,
     pub keys: RwLock<Arc<KeyRing>>,
     pub limiter: LoginLimiter,
+    pub register_limiter: RegisterLimiter,
+    /// Every argon2 computation goes through it: a bounded number at a time.
+    pub hasher: Hasher,
     /// Verified against when a login names no account, so timing does not tell.
     pub dummy_hash: String,
 }
@@ -86,12 +89,30 @@ fn refuse_nul(fields: &[(&str, &str)]) -> Result<(), ApiError> {
     }
 }
 
+/// The longest login name (a username or an email).
+pub const MAX_LOGIN_LEN: usize = 254;
+/// The longest session secret or refresh token looked up (they are 43 characters).
+pub const MAX_SECRET_LEN: usize = 128;
+
+/// `invalid` naming the field, when it is longer than `max` characters.
+fn cap(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+    // Bytes bound characters from above: only a long value pays for the count.
+    if value.len() > max && value.chars().count() > max {
+        return Err(invalid(&format!(
+            "{field} must be at most {max} characters"
+        )));
+    }
+    Ok(())
+}
+
 fn valid_username(u: &str) -> bool {
     (3..=32).contains(&u.len())
         && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
 }
 
+/// Signs up: every field is checked first, then the address's sign-up budget, then whether the
+/// name or email is taken, and only then is the password hashed (the expensive part).
 #[tracing::instrument(skip_all)]
 pub async fn register(ctx: &AuthContext, req: RegisterRequest) -> Result<SignedIn, ApiError> {
     let username = req.username.trim();
@@ -105,7 +126,8 @@ pub async fn register(ctx: &AuthContext, req: RegisterRequest) -> Result<SignedI
             "username must be 3 to 32 characters of A-Z, a-z, 0-9, '_', '-' or '.'",
         ));
     }
-    if email.len() > 254 || !email.contains('@') || email.contains(char::is_whitespace) {
+    cap("email", email, MAX_LOGIN_LEN)?;
+    if !email.contains('@') || email.contains(char::is_whitespace) {
         return Err(invalid("email is not a valid address"));
     }
     if !(password::MIN_LEN..=password::MAX_LEN).contains(&req.password.chars().count()) {
@@ -120,8 +142,26 @@ pub async fn register(ctx: &AuthContext, req: RegisterRequest) -> Result<SignedI
     if display_name.chars().count() > 64 {
         return Err(invalid("displayName must be at most 64 characters"));
     }
-    let hash = password::hash(req.password).await?;
-    let id = uuid::Uuid::now_v7().simple().to_string();
+    if !ctx
+        .register_limiter
+        .try_register(req.client_addr.as_deref())
+    {
+        tracing::warn!("sign-up refused: too many from this address");
+        return Err(ApiError::new(
+            ErrorCode::RateLimited,
+            "too many sign-ups from this address, try again later",
+        ));
+    }
+    match users::taken(&ctx.pool, username, email)
+        .await
+        .map_err(Error::from)?
+    {
+        (true, _) => return Err(invalid("username is taken")),
+        (_, true) => return Err(invalid("email is already registered")),
+        (false, false) => {}
+    }
+    let hash = ctx.hasher.hash(req.password).await?;
+    let id = crate::verify::new_account_id();
     match users::create(&ctx.pool, &id, username, email, display_name, &hash).await {
         Ok(()) => {}
         Err(users::CreateError::UsernameTaken) => return Err(invalid("username is taken")),
@@ -141,6 +181,11 @@ pub async fn register(ctx: &AuthContext, req: RegisterRequest) -> Result<SignedI
 pub async fn login(ctx: &AuthContext, req: LoginRequest) -> Result<SignedIn, ApiError> {
     let login = req.username.trim();
     refuse_nul(&[("username", login)])?;
+    if login.is_empty() {
+        return Err(invalid("username is required"));
+    }
+    cap("username", login, MAX_LOGIN_LEN)?;
+    cap("password", &req.password, password::MAX_LEN)?;
     let addr = req.client_addr.as_deref();
     if !ctx.limiter.allowed(login, addr) {
         tracing::warn!("login refused: too many failed attempts");
@@ -156,7 +201,7 @@ pub async fn login(ctx: &AuthContext, req: LoginRequest) -> Result<SignedIn, Api
         Some(u) => (u.password_hash.clone(), Some(u)),
         None => (ctx.dummy_hash.clone(), None),
     };
-    let ok = password::verify(req.password, hash).await;
+    let ok = ctx.hasher.verify(req.password, hash).await?;
     match user {
         Some(user) if ok => {
             tracing::info!(user = %user.id, "signed in");
@@ -174,6 +219,9 @@ pub async fn login(ctx: &AuthContext, req: LoginRequest) -> Result<SignedIn, Api
 
 /// A fresh access token for the session a cookie names.
 pub async fn token(ctx: &AuthContext, req: SessionRequest) -> Result<TokenReply, ApiError> {
+    if req.session.len() > MAX_SECRET_LEN {
+        return Err(signed_out());
+    }
     let session = sessions::by_secret(&ctx.pool, &req.session)
         .await
         .map_err(Error::from)?
@@ -188,6 +236,7 @@ fn signed_out() -> ApiError {
 
 #[tracing::instrument(skip_all)]
 pub async fn refresh(ctx: &AuthContext, req: RefreshRequest) -> Result<SignedIn, ApiError> {
+    cap("refreshToken", &req.refresh_token, MAX_SECRET_LEN)?;
     match sessions::refresh(&ctx.pool, &req.refresh_token)
         .await
         .map_err(Error::from)?
@@ -216,6 +265,16 @@ pub async fn refresh(ctx: &AuthContext, req: RefreshRequest) -> Result<SignedIn,
 }
 
 pub async fn logout(ctx: &AuthContext, req: LogoutRequest) -> Result<serde_json::Value, ApiError> {
+    cap(
+        "session",
+        req.session.as_deref().unwrap_or(""),
+        MAX_SECRET_LEN,
+    )?;
+    cap(
+        "refreshToken",
+        req.refresh_token.as_deref().unwrap_or(""),
+        MAX_SECRET_LEN,
+    )?;
     let session = match (&req.session, &req.refresh_token) {
         (Some(secret), _) => sessions::by_secret(&ctx.pool, secret).await,
         (None, Some(token)) => sessions::by_refresh_token(&ctx.pool, token).await,

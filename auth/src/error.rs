@@ -14,6 +14,9 @@ pub enum Error {
     Nats(String),
     #[error("{0}")]
     Internal(String),
+    /// Every password-hashing slot stayed taken for `AUTH_HASH_WAIT_MS`.
+    #[error("password hashing is at capacity (AUTH_HASH_CONCURRENCY)")]
+    Busy,
 }
 
 impl Error {
@@ -22,9 +25,17 @@ impl Error {
     }
 }
 
-/// A failure inside is `unavailable` to the caller, with the cause logged.
+/// A failure inside is `unavailable` to the caller, with the cause logged. Busy is load, not
+/// a fault: a warning, and a message that says to retry.
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        if let Error::Busy = e {
+            tracing::warn!(error = %e, "auth request refused: busy");
+            return ApiError::new(
+                parley_common::wire::ErrorCode::Unavailable,
+                "too many sign-ins at once, try again in a moment",
+            );
+        }
         tracing::error!(error = %e, "auth request failed");
         ApiError::unavailable()
     }

@@ -14,10 +14,10 @@
 //! - [`authjs`]: decrypting Auth.js session tokens and finding them in cookies.
 //! - [`api`]: the auth service's requests and replies, shared with the gateway.
 //! - [`config`], [`error`], [`db`] (schema `auth`, `auth/migrations/`).
-//! - [`password`]: argon2id, off the async runtime.
+//! - [`password`]: argon2id, off the async runtime, a bounded number at a time.
 //! - [`signing`]: Ed25519 access tokens and the JWKS.
 //! - [`store`]: all SQL of the role.
-//! - [`limiter`]: failed-login counting.
+//! - [`limiter`]: failed sign-ins and sign-ups counted per account and address, bounded.
 //! - [`accounts`]: register, login, token, refresh, logout, search.
 //! - [`service`]: the NATS endpoints; [`startup`]: the role.
 

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::AuthContext;
 use crate::config::AuthConfig;
 use crate::error::{Error, Result};
-use crate::limiter::LoginLimiter;
+use crate::limiter::{LoginLimiter, RegisterLimiter};
 use crate::service::AuthService;
 use crate::{db, password};
 
@@ -33,7 +33,9 @@ impl Application {
             .map_err(Error::nats)?;
         let ctx = Arc::new(AuthContext {
             subjects: config.nats.prefix.clone(),
-            limiter: LoginLimiter::new(config.login_attempts_per_minute, 100),
+            limiter: LoginLimiter::new(config.login_limits),
+            register_limiter: RegisterLimiter::new(config.register_per_address_per_hour),
+            hasher: password::Hasher::new(config.hash_concurrency, config.hash_wait),
             dummy_hash: password::dummy_hash().await,
             keys: RwLock::new(Arc::new(keys)),
             pool,

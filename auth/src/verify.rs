@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::RwLock;
+use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -52,6 +53,109 @@ pub struct VerifierConfig {
     pub max_token_bytes: usize,
     /// Clock skew forgiven on `exp`, in seconds.
     pub leeway_secs: u64,
+    /// What HS256 tokens (minted by an app backend that holds `AUTH_SECRET`) must satisfy.
+    pub hs256: Hs256Policy,
+}
+
+/// The rules an HS256 token is held to beyond its signature and `exp` (issue 15, finding 10).
+///
+/// An HS256 token is minted by an app backend that shares `AUTH_SECRET`; it speaks for the
+/// app's users, whose ids the app chooses. So a well-formed subject is accepted, with two
+/// exceptions: a token may not live longer than `max_lifetime` (a leaked token, or one minted
+/// by a careless backend with a ten-year `exp`, is useful for a day at most), and, while
+/// Parley's own accounts are switched on (`parley` in `AUTH_TOKEN_KINDS`), it may not name one
+/// of them: those accounts signed up with a password, and only the EdDSA tokens Parley issues
+/// after that password may speak for them. Holding the shared secret is then not enough to
+/// impersonate a Parley account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hs256Policy {
+    /// `AUTH_HS256_MAX_LIFETIME`, default 24 h: the longest `exp - iat` (and `exp - now`).
+    pub max_lifetime: Duration,
+    /// `AUTH_HS256_ISSUER`: when set, the `iss` every HS256 token must carry.
+    pub issuer: Option<String>,
+    /// `AUTH_HS256_AUDIENCE`: when set, the `aud` every HS256 token must carry.
+    pub audience: Option<String>,
+    /// `AUTH_HS256_ALLOW_PARLEY_ACCOUNTS`, default false: whether an HS256 token may name a
+    /// Parley account (an id of the shape [`looks_like_account_id`]). Only for deployments
+    /// whose app backend mints tokens for users who registered with Parley.
+    pub allow_parley_accounts: bool,
+}
+
+impl Default for Hs256Policy {
+    fn default() -> Self {
+        Self {
+            max_lifetime: Hs256Policy::DEFAULT_MAX_LIFETIME,
+            issuer: None,
+            audience: None,
+            allow_parley_accounts: false,
+        }
+    }
+}
+
+impl Hs256Policy {
+    pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+    /// The longest `AUTH_HS256_MAX_LIFETIME` accepted.
+    pub const MAX_MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let max_lifetime = match env.get("AUTH_HS256_MAX_LIFETIME") {
+            None => Self::DEFAULT_MAX_LIFETIME,
+            Some(raw) => parse_duration(raw)
+                .and_then(|d| {
+                    if d.is_zero() || d > Self::MAX_MAX_LIFETIME {
+                        Err("must be more than 0 and at most 30 days".to_owned())
+                    } else {
+                        Ok(d)
+                    }
+                })
+                .map_err(|reason| ConfigError::Invalid {
+                    name: "AUTH_HS256_MAX_LIFETIME",
+                    reason: format!("{raw:?}: {reason}"),
+                })?,
+        };
+        Ok(Self {
+            max_lifetime,
+            issuer: env.get("AUTH_HS256_ISSUER").map(str::to_owned),
+            audience: env.get("AUTH_HS256_AUDIENCE").map(str::to_owned),
+            allow_parley_accounts: env.parse_or("AUTH_HS256_ALLOW_PARLEY_ACCOUNTS", false)?,
+        })
+    }
+}
+
+/// A duration setting: whole seconds (`86400`), or a number with one unit, `s`, `m`, `h` or
+/// `d` (`90m`, `24h`, `7d`).
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (digits, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => raw.split_at(at),
+        None => (raw, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| "expected seconds, or a number with s, m, h or d".to_owned())?;
+    let scale = match unit.trim() {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        other => return Err(format!("unknown unit {other:?} (use s, m, h or d)")),
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| "too large".to_owned())
+}
+
+/// Whether `id` has the shape of a Parley account id (a UUIDv7 in 32 lowercase hex digits,
+/// what [`new_account_id`] makes), which HS256 tokens may not name by default.
+pub fn looks_like_account_id(id: &str) -> bool {
+    id.len() == 32
+        && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && uuid::Uuid::try_parse(id).is_ok_and(|u| u.get_version_num() == 7)
+}
+
+/// A fresh Parley account id (see [`looks_like_account_id`]).
+pub fn new_account_id() -> String {
+    uuid::Uuid::now_v7().simple().to_string()
 }
 
 /// The shortest `AUTH_SECRET` accepted: shorter secrets can be brute-forced offline.
@@ -107,6 +211,7 @@ impl VerifierConfig {
             audience: env.string_or("AUTH_AUDIENCE", crate::config::DEFAULT_AUDIENCE),
             max_token_bytes: Self::DEFAULT_MAX_TOKEN_BYTES,
             leeway_secs: 5,
+            hs256: Hs256Policy::from_env(env)?,
         })
     }
 }
@@ -147,6 +252,14 @@ pub enum VerifyError {
     WrongAudience,
     #[error("token names signing key {0:?}, which is not in the JWKS")]
     UnknownKey(String),
+    #[error("token lives longer than the {max_secs} s allowed (AUTH_HS256_MAX_LIFETIME)")]
+    LifetimeTooLong { max_secs: u64 },
+    #[error("token was issued in the future (iat)")]
+    IssuedInFuture,
+    #[error("token is not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token subject names a Parley account, which only Parley's own tokens speak for")]
+    ParleyAccountSubject,
 }
 
 #[derive(Deserialize)]
@@ -154,12 +267,17 @@ struct Claims {
     sub: Option<String>,
     exp: Option<i64>,
     #[serde(default)]
+    iat: Option<i64>,
+    #[serde(default)]
     sid: Option<String>,
 }
 
 /// Verifies tokens of the kinds switched on. Cheap to share behind an `Arc`.
 pub struct Verifier {
     hs256: Option<(DecodingKey, Validation)>,
+    hs256_policy: Hs256Policy,
+    /// Whether Parley accounts exist to be protected from HS256 subjects.
+    parley_accounts: bool,
     /// Parley's EdDSA validation, when the kind is on, and the keys of the JWKS by `kid`.
     parley: Option<Validation>,
     jwks: RwLock<HashMap<String, DecodingKey>>,
@@ -187,9 +305,22 @@ impl Verifier {
                 config.secret.as_ref().map(|secret| {
                     let mut v = Validation::new(Algorithm::HS256);
                     v.algorithms = vec![Algorithm::HS256];
-                    v.set_required_spec_claims(&["exp", "sub"]);
+                    let policy = &config.hs256;
+                    let mut required = vec!["exp", "sub"];
                     v.validate_exp = true;
-                    v.validate_aud = false;
+                    v.validate_nbf = true;
+                    if let Some(iss) = &policy.issuer {
+                        v.set_issuer(&[iss]);
+                        required.push("iss");
+                    }
+                    match &policy.audience {
+                        Some(aud) => {
+                            v.set_audience(&[aud]);
+                            required.push("aud");
+                        }
+                        None => v.validate_aud = false,
+                    }
+                    v.set_required_spec_claims(&required);
                     v.leeway = config.leeway_secs;
                     (DecodingKey::from_secret(secret.expose().as_bytes()), v)
                 })
@@ -217,6 +348,8 @@ impl Verifier {
         });
         Self {
             hs256,
+            hs256_policy: config.hs256.clone(),
+            parley_accounts: config.kinds.contains(&TokenKind::Parley),
             parley,
             jwks: RwLock::new(HashMap::new()),
             authjs,
@@ -319,20 +452,59 @@ impl Verifier {
                 ErrorKind::MissingRequiredClaim(c) => VerifyError::MissingClaim(c.clone()),
                 ErrorKind::InvalidIssuer => VerifyError::WrongIssuer,
                 ErrorKind::InvalidAudience => VerifyError::WrongAudience,
+                ErrorKind::ImmatureSignature => VerifyError::NotYetValid,
                 ErrorKind::InvalidAlgorithm => {
                     VerifyError::AlgorithmNotAllowed(format!("{:?}", header.alg))
                 }
                 _ => VerifyError::Malformed(e.to_string()),
             })?;
-        let Claims { sub, exp, sid } = data.claims;
+        let Claims { sub, exp, iat, sid } = data.claims;
         let sub = sub.ok_or_else(|| VerifyError::MissingClaim("sub".into()))?;
         let exp = exp.ok_or_else(|| VerifyError::MissingClaim("exp".into()))?;
         let user_id = UserId::parse(&sub).map_err(|_| VerifyError::BadSubject(truncate(&sub)))?;
+        if header.alg == Algorithm::HS256 {
+            self.check_hs256(&sub, exp, iat, jsonwebtoken::get_current_timestamp() as i64)?;
+        }
         Ok(Verified {
             user_id,
             exp,
             session_id: sid,
         })
+    }
+}
+
+impl Verifier {
+    /// What an HS256 token must satisfy beyond its signature, `exp`, `iss` and `aud`
+    /// ([`Hs256Policy`]): a lifetime within the cap, counted from `iat` and from now (so a
+    /// future `iat` cannot stretch it), and a subject that is not a Parley account.
+    fn check_hs256(
+        &self,
+        sub: &str,
+        exp: i64,
+        iat: Option<i64>,
+        now: i64,
+    ) -> Result<(), VerifyError> {
+        let leeway = self.leeway_secs as i64;
+        let max = self.hs256_policy.max_lifetime.as_secs();
+        let max_i = i64::try_from(max).unwrap_or(i64::MAX);
+        if let Some(iat) = iat {
+            if iat > now.saturating_add(leeway) {
+                return Err(VerifyError::IssuedInFuture);
+            }
+            if exp.saturating_sub(iat) > max_i {
+                return Err(VerifyError::LifetimeTooLong { max_secs: max });
+            }
+        }
+        if exp.saturating_sub(now) > max_i.saturating_add(leeway) {
+            return Err(VerifyError::LifetimeTooLong { max_secs: max });
+        }
+        if self.parley_accounts
+            && !self.hs256_policy.allow_parley_accounts
+            && looks_like_account_id(sub)
+        {
+            return Err(VerifyError::ParleyAccountSubject);
+        }
+        Ok(())
     }
 }
 
@@ -509,6 +681,145 @@ mod tests {
             Err(VerifyError::Malformed(_))
         ));
         assert_eq!(verifier().verify(""), Err(VerifyError::Missing));
+    }
+
+    fn verifier_with(extra: &[(&str, &str)]) -> Verifier {
+        let mut env = Env::from_pairs([("AUTH_SECRET", SECRET), ("AUTH_TOKEN_KINDS", "hs256")]);
+        for (k, v) in extra {
+            env = env.with(k, *v);
+        }
+        Verifier::new(&VerifierConfig::from_env(&env).unwrap())
+    }
+
+    #[test]
+    fn an_hs256_token_living_longer_than_a_day_is_refused() {
+        let too_long = VerifyError::LifetimeTooLong { max_secs: 86_400 };
+        // By its exp alone (no iat), and by exp - iat.
+        let t = sign(json!({"sub": "alice", "exp": now() + 86_400 + 120}), SECRET);
+        assert_eq!(verifier().verify(&t), Err(too_long.clone()));
+        let t = sign(
+            json!({"sub": "alice", "iat": now() - 10, "exp": now() + 86_400}),
+            SECRET,
+        );
+        assert_eq!(verifier().verify(&t), Err(too_long));
+        // A day exactly is fine.
+        let t = sign(
+            json!({"sub": "alice", "iat": now(), "exp": now() + 86_400}),
+            SECRET,
+        );
+        assert!(verifier().verify(&t).is_ok());
+    }
+
+    #[test]
+    fn a_future_iat_cannot_stretch_an_hs256_tokens_lifetime() {
+        let exp = now() + 10 * 86_400;
+        let t = sign(json!({"sub": "alice", "iat": exp - 60, "exp": exp}), SECRET);
+        assert_eq!(verifier().verify(&t), Err(VerifyError::IssuedInFuture));
+    }
+
+    #[test]
+    fn the_lifetime_cap_is_a_setting() {
+        let v = verifier_with(&[("AUTH_HS256_MAX_LIFETIME", "10m")]);
+        let t = sign(json!({"sub": "alice", "exp": now() + 3600}), SECRET);
+        assert_eq!(
+            v.verify(&t),
+            Err(VerifyError::LifetimeTooLong { max_secs: 600 })
+        );
+        let t = sign(json!({"sub": "alice", "exp": now() + 300}), SECRET);
+        assert!(v.verify(&t).is_ok());
+    }
+
+    #[test]
+    fn durations_parse_as_seconds_or_with_a_unit() {
+        assert_eq!(parse_duration("86400"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5_400)));
+        assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
+        assert_eq!(parse_duration(" 30s "), Ok(Duration::from_secs(30)));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("-5").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
+        let err = VerifierConfig::from_env(&Env::from_pairs([
+            ("AUTH_SECRET", SECRET),
+            ("AUTH_HS256_MAX_LIFETIME", "0"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("AUTH_HS256_MAX_LIFETIME"), "{err}");
+        let err = VerifierConfig::from_env(&Env::from_pairs([
+            ("AUTH_SECRET", SECRET),
+            ("AUTH_HS256_MAX_LIFETIME", "forever"),
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("AUTH_HS256_MAX_LIFETIME"), "{err}");
+    }
+
+    #[test]
+    fn with_an_issuer_set_only_hs256_tokens_from_that_issuer_pass() {
+        let v = verifier_with(&[("AUTH_HS256_ISSUER", "https://app.example")]);
+        let exp = now() + 60;
+        let t = sign(json!({"sub": "alice", "exp": exp}), SECRET);
+        assert_eq!(v.verify(&t), Err(VerifyError::MissingClaim("iss".into())));
+        let t = sign(json!({"sub": "alice", "exp": exp, "iss": "evil"}), SECRET);
+        assert_eq!(v.verify(&t), Err(VerifyError::WrongIssuer));
+        let t = sign(
+            json!({"sub": "alice", "exp": exp, "iss": "https://app.example"}),
+            SECRET,
+        );
+        assert!(v.verify(&t).is_ok());
+    }
+
+    #[test]
+    fn with_an_audience_set_only_hs256_tokens_for_it_pass() {
+        let v = verifier_with(&[("AUTH_HS256_AUDIENCE", "parley-chat")]);
+        let exp = now() + 60;
+        let t = sign(json!({"sub": "alice", "exp": exp}), SECRET);
+        assert_eq!(v.verify(&t), Err(VerifyError::MissingClaim("aud".into())));
+        let t = sign(json!({"sub": "alice", "exp": exp, "aud": "other"}), SECRET);
+        assert_eq!(v.verify(&t), Err(VerifyError::WrongAudience));
+        let t = sign(
+            json!({"sub": "alice", "exp": exp, "aud": "parley-chat"}),
+            SECRET,
+        );
+        assert!(v.verify(&t).is_ok());
+        // Unset, an aud is not checked.
+        let t = sign(json!({"sub": "alice", "exp": exp, "aud": "any"}), SECRET);
+        assert!(verifier().verify(&t).is_ok());
+    }
+
+    #[test]
+    fn an_hs256_token_not_valid_yet_is_refused() {
+        let t = sign(
+            json!({"sub": "alice", "exp": now() + 600, "nbf": now() + 300}),
+            SECRET,
+        );
+        assert_eq!(verifier().verify(&t), Err(VerifyError::NotYetValid));
+    }
+
+    #[test]
+    fn an_hs256_token_may_not_name_a_parley_account_while_parley_accounts_are_on() {
+        let account = new_account_id();
+        assert!(looks_like_account_id(&account));
+        let t = sign(json!({"sub": account, "exp": now() + 60}), SECRET);
+        let v = verifier_with(&[("AUTH_TOKEN_KINDS", "parley,hs256")]);
+        assert_eq!(v.verify(&t), Err(VerifyError::ParleyAccountSubject));
+        // Allowed when the operator says so, or when Parley accounts are off.
+        let v = verifier_with(&[
+            ("AUTH_TOKEN_KINDS", "parley,hs256"),
+            ("AUTH_HS256_ALLOW_PARLEY_ACCOUNTS", "true"),
+        ]);
+        assert!(v.verify(&t).is_ok());
+        assert!(verifier().verify(&t).is_ok());
+        // App ids of other shapes, UUIDs included, are the app's own.
+        let v = verifier_with(&[("AUTH_TOKEN_KINDS", "parley,hs256")]);
+        for sub in [
+            "alice",
+            "0190f5b2-7c3e-7a1b-8c2d-3e4f5a6b7c8d",
+            "4f1c2d3e4f5a4b6c8d7e9f0a1b2c3d4e",
+        ] {
+            let t = sign(json!({"sub": sub, "exp": now() + 60}), SECRET);
+            assert!(v.verify(&t).is_ok(), "{sub}");
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@ use parley_common::config::{ConfigError, Env, NatsConfig, port};
 use parley_common::domain::Content;
 use parley_common::nats::StreamSettings;
 
+use crate::client_addr::TrustedProxies;
+
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// `PORT`: HTTP, `/ws`; 0 picks a free port (tests).
@@ -69,6 +71,9 @@ pub struct Limits {
     /// name, refused before the request goes on (persistence enforces the same setting on
     /// every path that writes members).
     pub max_members: usize,
+    /// `PARLEY_TRUSTED_PROXIES`, default none: the proxies whose `X-Forwarded-For` names the
+    /// client address that per-address limits count ([`crate::client_addr`]).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for Limits {
@@ -86,6 +91,7 @@ impl Default for Limits {
             max_sockets_per_address: 200,
             socketio_ping_interval: Duration::from_secs(25),
             max_members: 256,
+            trusted_proxies: TrustedProxies::none(),
         }
     }
 }
@@ -110,6 +116,7 @@ impl GatewayConfig {
             max_sockets_per_address: env
                 .parse_or("PARLEY_MAX_SOCKETS_PER_ADDRESS", d.max_sockets_per_address)?,
             max_members: env.parse_or("PARLEY_MAX_MEMBERS", d.max_members)?,
+            trusted_proxies: TrustedProxies::from_env(env)?,
             ..d
         };
         if limits.write_timeout.is_zero() {

@@ -2,10 +2,13 @@
 //! user search and the JWKS; and what every route shares: errors as `{error: {code, message}}`
 //! with the matching status, also for a query string or path that does not parse. Each route is
 //! described by its `#[utoipa::path]`, from which [`crate::openapi`] builds the document.
+//!
+//! The account routes read their bodies through [`JsonBody`]: JSON only when the request says
+//! `Content-Type: application/json` (a cross-site form can send `text/plain`, never that, so a
+//! page elsewhere cannot sign a browser in or up), at most 16 KiB. Sign-in and sign-up pass the
+//! [`ClientAddr`] to the auth role, which limits attempts per address.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,6 +26,7 @@ use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::{AuthUser, SESSION_COOKIE, cookie_value};
+use crate::client_addr::ClientAddr;
 use crate::state::AppState;
 
 /// How long the session cookie lives; the session itself expires on the same schedule.
@@ -123,6 +127,90 @@ pub fn body<T: DeserializeOwned>(raw: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(raw).map_err(|e| ApiError::invalid(format!("request body: {e}")))
 }
 
+/// The largest body an account route reads: every field has a cap far below it.
+pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024;
+
+/// Whether the request declares a JSON body: `application/json`, parameters (a charset)
+/// allowed, case-insensitive.
+pub fn declares_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// Why a body was not read: 415 without the JSON content type, 413 past
+/// [`MAX_JSON_BODY_BYTES`], 400 when it does not parse; each `{error: {code, message}}`.
+#[derive(Debug)]
+pub enum BodyRejection {
+    NotJson,
+    TooLarge,
+    Invalid(ApiError),
+}
+
+impl IntoResponse for BodyRejection {
+    fn into_response(self) -> Response {
+        match self {
+            BodyRejection::NotJson => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Json(ErrorBody {
+                    error: ApiError::invalid("Content-Type must be application/json"),
+                }),
+            )
+                .into_response(),
+            BodyRejection::TooLarge => HttpError(ApiError::new(
+                ErrorCode::TooLarge,
+                format!("request body must be at most {MAX_JSON_BODY_BYTES} bytes"),
+            ))
+            .into_response(),
+            BodyRejection::Invalid(e) => HttpError(e).into_response(),
+        }
+    }
+}
+
+/// Reads a body, if there is one, as JSON of a declared JSON content type.
+async fn read_json<T: DeserializeOwned>(req: Request) -> Result<Option<T>, BodyRejection> {
+    let declared = declares_json(req.headers());
+    let raw = axum::body::to_bytes(req.into_body(), MAX_JSON_BODY_BYTES)
+        .await
+        .map_err(|_| BodyRejection::TooLarge)?;
+    if raw.is_empty() && !declared {
+        return Ok(None);
+    }
+    if !declared {
+        return Err(BodyRejection::NotJson);
+    }
+    body(&raw).map(Some).map_err(BodyRejection::Invalid)
+}
+
+/// A JSON request body (see [`BodyRejection`] for what is refused). An empty body without a
+/// content type is refused as not JSON too.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = BodyRejection;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        read_json(req)
+            .await?
+            .map(JsonBody)
+            .ok_or(BodyRejection::NotJson)
+    }
+}
+
+/// An optional JSON body: none at all is `T::default()`; one that is there is held to the
+/// rules of [`JsonBody`].
+pub struct OptionalJsonBody<T>(pub T);
+
+impl<T: DeserializeOwned + Default, S: Send + Sync> FromRequest<S> for OptionalJsonBody<T> {
+    type Rejection = BodyRejection;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(OptionalJsonBody(read_json(req).await?.unwrap_or_default()))
+    }
+}
+
 /// Whether the request reached us over https (directly or through a proxy that says so).
 fn is_https(headers: &HeaderMap) -> bool {
     headers
@@ -215,22 +303,23 @@ fn signed_in(status: StatusCode, headers: &HeaderMap, s: SignedIn) -> Response {
     responses(
         (status = 201, description = "Signed up and in", body = SignedInBody),
         (status = 400, description = "Malformed, or username or email taken", body = ErrorBody),
-        (status = 429, description = "Too many attempts", body = ErrorBody),
-        (status = 503, description = "Try again", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not Content-Type: application/json", body = ErrorBody),
+        (status = 429, description = "Too many sign-ups from this address", body = ErrorBody),
+        (status = 503, description = "Try again (also: too many sign-ins at once)", body = ErrorBody),
     ))]
 pub async fn register(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
-    raw: axum::body::Bytes,
+    JsonBody(b): JsonBody<RegisterBody>,
 ) -> HttpResult<Response> {
-    let b: RegisterBody = body(&raw)?;
     let req = RegisterRequest {
         username: b.username,
         email: b.email,
         password: b.password,
         display_name: b.display_name,
-        client_addr: Some(peer.ip().to_string()),
+        client_addr: Some(client.to_string()),
     };
     let s: SignedIn = call(&state, AuthOp::Register, &req).await?;
     Ok(signed_in(StatusCode::CREATED, &headers, s))
@@ -241,22 +330,23 @@ pub async fn register(
     request_body = LoginBody,
     responses(
         (status = 200, description = "Signed in", body = SignedInBody),
-        (status = 400, description = "Malformed", body = ErrorBody),
+        (status = 400, description = "Malformed, or a field too long", body = ErrorBody),
         (status = 401, description = "Wrong username or password", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not Content-Type: application/json", body = ErrorBody),
         (status = 429, description = "Too many failed attempts", body = ErrorBody),
-        (status = 503, description = "Try again", body = ErrorBody),
+        (status = 503, description = "Try again (also: too many sign-ins at once)", body = ErrorBody),
     ))]
 pub async fn login(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     headers: HeaderMap,
-    raw: axum::body::Bytes,
+    JsonBody(b): JsonBody<LoginBody>,
 ) -> HttpResult<Response> {
-    let b: LoginBody = body(&raw)?;
     let req = LoginRequest {
         username: b.username,
         password: b.password,
-        client_addr: Some(peer.ip().to_string()),
+        client_addr: Some(client.to_string()),
     };
     let s: SignedIn = call(&state, AuthOp::Login, &req).await?;
     Ok(signed_in(StatusCode::OK, &headers, s))
@@ -288,14 +378,15 @@ pub async fn token(
         (status = 200, description = "Refreshed", body = SignedInBody),
         (status = 400, description = "Malformed", body = ErrorBody),
         (status = 401, description = "Unknown, used or expired refresh token", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "Not Content-Type: application/json", body = ErrorBody),
         (status = 503, description = "Try again", body = ErrorBody),
     ))]
 pub async fn refresh(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: axum::body::Bytes,
+    JsonBody(b): JsonBody<RefreshBody>,
 ) -> HttpResult<Response> {
-    let b: RefreshBody = body(&raw)?;
     let req = RefreshRequest {
         refresh_token: b.refresh_token,
     };
@@ -310,18 +401,15 @@ pub async fn refresh(
     responses(
         (status = 204, description = "Signed out"),
         (status = 400, description = "Malformed", body = ErrorBody),
+        (status = 413, description = "Body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "A body that is not Content-Type: application/json", body = ErrorBody),
         (status = 503, description = "Try again", body = ErrorBody),
     ))]
 pub async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
-    raw: axum::body::Bytes,
+    OptionalJsonBody(b): OptionalJsonBody<LogoutBody>,
 ) -> HttpResult<Response> {
-    let b: LogoutBody = if raw.is_empty() {
-        LogoutBody::default()
-    } else {
-        body(&raw)?
-    };
     let req = LogoutRequest {
         session: cookie_value(&headers, SESSION_COOKIE),
         refresh_token: b.refresh_token,
@@ -410,4 +498,126 @@ pub async fn jwks(State(state): State<AppState>) -> HttpResult<Response> {
         HeaderValue::from_static("public, max-age=300"),
     );
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use proptest::prelude::*;
+
+    fn post(content_type: Option<&str>, body: impl Into<Body>) -> Request {
+        let mut b = axum::http::Request::post("/api/auth/login");
+        if let Some(ct) = content_type {
+            b = b.header(header::CONTENT_TYPE, ct);
+        }
+        b.body(body.into()).unwrap()
+    }
+
+    async fn login_body(req: Request) -> Result<JsonBody<LoginBody>, BodyRejection> {
+        JsonBody::<LoginBody>::from_request(req, &()).await
+    }
+
+    const LOGIN: &str = r#"{"username":"alice","password":"correct horse"}"#;
+
+    #[tokio::test]
+    async fn a_login_posted_as_a_cross_site_form_is_refused_as_not_json() {
+        for ct in [
+            Some("text/plain"),
+            Some("text/plain;charset=UTF-8"),
+            Some("application/x-www-form-urlencoded"),
+            Some("multipart/form-data; boundary=x"),
+            None,
+        ] {
+            assert!(
+                matches!(
+                    login_body(post(ct, LOGIN)).await,
+                    Err(BodyRejection::NotJson)
+                ),
+                "{ct:?}"
+            );
+        }
+        let r = BodyRejection::NotJson.into_response();
+        assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[tokio::test]
+    async fn json_of_the_declared_type_is_read_and_bad_json_is_invalid() {
+        let JsonBody(b) = login_body(post(Some("Application/JSON; charset=utf-8"), LOGIN))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(b.username, "alice");
+        assert!(matches!(
+            login_body(post(Some("application/json"), "{nope")).await,
+            Err(BodyRejection::Invalid(e)) if e.code == ErrorCode::Invalid
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_body_over_16_kib_is_too_large() {
+        let huge = format!(
+            r#"{{"username":"{}","password":"x"}}"#,
+            "a".repeat(MAX_JSON_BODY_BYTES)
+        );
+        let r = login_body(post(Some("application/json"), huge)).await;
+        assert!(matches!(r, Err(BodyRejection::TooLarge)));
+        assert_eq!(
+            BodyRejection::TooLarge.into_response().status(),
+            StatusCode::PAYLOAD_TOO_LARGE
+        );
+    }
+
+    #[tokio::test]
+    async fn logout_without_a_body_needs_no_content_type_but_a_body_does() {
+        let OptionalJsonBody(b) = OptionalJsonBody::<LogoutBody>::from_request(post(None, ""), &())
+            .await
+            .ok()
+            .unwrap();
+        assert!(b.refresh_token.is_none());
+        let r = OptionalJsonBody::<LogoutBody>::from_request(
+            post(Some("text/plain"), r#"{"refreshToken":"x"}"#),
+            &(),
+        )
+        .await;
+        assert!(matches!(r, Err(BodyRejection::NotJson)));
+    }
+
+    proptest! {
+        /// Whatever bytes arrive as `Cookie` headers, `cookie_value` neither panics nor returns
+        /// anything but a non-empty value that the header holds as `name=value`.
+        #[test]
+        fn cookie_parsing_never_panics_and_returns_only_what_is_there(
+            values in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..200), 0..4),
+            name in prop_oneof![Just("parley_session"), Just("a"), Just("")],
+        ) {
+            let mut headers = HeaderMap::new();
+            for v in &values {
+                if let Ok(v) = HeaderValue::from_bytes(v) {
+                    headers.append(header::COOKIE, v);
+                }
+            }
+            if let Some(v) = cookie_value(&headers, name) {
+                prop_assert!(!v.is_empty());
+                prop_assert!(!v.contains(';'));
+                let joined = crate::auth::cookies(&headers);
+                let pair = format!("{name}={v}");
+                prop_assert!(joined.contains(&pair));
+            }
+        }
+
+        /// Arbitrary bodies and content types never panic the body reader.
+        #[test]
+        fn any_body_is_read_or_refused_with_a_reason(
+            raw in proptest::collection::vec(any::<u8>(), 0..300),
+            ct in prop_oneof![Just(Some("application/json")), Just(Some("text/plain")), Just(None)],
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let r = rt.block_on(login_body(post(ct, raw)));
+            if let Err(e) = r {
+                let status = e.into_response().status();
+                prop_assert!(matches!(status.as_u16(), 400 | 413 | 415));
+            }
+        }
+    }
 }

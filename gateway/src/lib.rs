@@ -8,6 +8,7 @@
 //! - [`error`]: the start-up error type.
 //! - [`auth`]: finding and verifying the token of an HTTP request or upgrade; which origins may
 //!   use the session cookie.
+//! - [`client_addr`]: the client address per-address limits count (`PARLEY_TRUSTED_PROXIES`).
 //! - [`jwks`]: the auth role's public keys, fetched over NATS and refetched on an unknown `kid`.
 //! - [`http`]: the HTTP API (accounts, user search, JWKS).
 //! - [`rest`]: the conversation and message routes, the socket's commands over HTTP.
@@ -32,6 +33,7 @@
 pub mod addresses;
 pub mod auth;
 pub mod chat;
+pub mod client_addr;
 pub mod config;
 pub mod error;
 pub mod fanout;

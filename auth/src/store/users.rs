@@ -61,6 +61,20 @@ pub async fn create(
     }
 }
 
+/// Whether a username, and an email, already belong to an account (case-insensitively):
+/// checked before a password is hashed, so a taken name costs no argon2. The unique indexes
+/// still decide a race ([`create`]).
+pub async fn taken(pool: &PgPool, username: &str, email: &str) -> sqlx::Result<(bool, bool)> {
+    sqlx::query_as(
+        "select exists(select 1 from auth.users where lower(username) = lower($1)),
+                exists(select 1 from auth.users where lower(email) = lower($2))",
+    )
+    .bind(username)
+    .bind(email)
+    .fetch_one(pool)
+    .await
+}
+
 /// The account a login names, by username or email, case-insensitively.
 pub async fn by_login(pool: &PgPool, login: &str) -> sqlx::Result<Option<User>> {
     sqlx::query_as(

@@ -8,6 +8,7 @@ mod chat;
 mod deploy;
 mod faults;
 mod helpers;
+mod hostile_auth;
 mod hostile_chat;
 mod hostile_edge;
 mod hostile_sockets;
