@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
 
-use crate::auth::{AuthUser, SESSION_COOKIE, cookie_value};
+use crate::auth::{SESSION_COOKIE, cookie_value};
 use crate::client_addr::ClientAddr;
 use crate::state::AppState;
 
@@ -448,11 +448,12 @@ pub struct UsersQuery {
         (status = 200, description = "Matching users", body = UsersReply),
         (status = 400, description = "Malformed query", body = ErrorBody),
         (status = 401, description = "No valid token", body = ErrorBody),
+        (status = 429, description = "Over the caller's request budget; see Retry-After", body = ErrorBody),
         (status = 503, description = "Try again", body = ErrorBody),
     ))]
 pub async fn users(
     State(state): State<AppState>,
-    _user: AuthUser,
+    _user: crate::rest::Limited,
     Q(q): Q<UsersQuery>,
 ) -> HttpResult<Json<UsersReply>> {
     let ids: Vec<String> = q

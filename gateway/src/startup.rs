@@ -66,6 +66,7 @@ impl Application {
             Presence::start(&js, subjects.clone(), config.streams, config.presence_ttl)
                 .await
                 .map_err(|e| Error::Nats(e.to_string()))?;
+        let trusted = config.limits.trusted_proxies.clone();
         let state = Arc::new(Shared {
             chat: ChatClient::new(client.clone(), subjects.clone()),
             fanout: Fanout::new(
@@ -106,7 +107,11 @@ impl Application {
             presence_changes,
             web_dir: config.web_dir,
             http: config.http,
-            exempt: None,
+            // Connections from a trusted proxy carry many clients: the per-address cap of the
+            // HTTP server does not count them (the socket cap counts each client behind it).
+            exempt: (!trusted.is_empty()).then(|| {
+                Arc::new(move |ip| trusted.contains(ip)) as parley_common::http_server::Exempt
+            }),
         })
     }
 

@@ -39,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::addresses::AddressGuard;
 use crate::auth::authenticate;
+use crate::client_addr::ClientAddr;
 use crate::fanout::Attachment;
 use crate::metrics::Transport;
 use crate::session::Answer;
@@ -88,13 +89,10 @@ pub async fn admit_handshake(
             .unwrap_or_default()
             .split('&')
             .any(|kv| kv.starts_with("sid="));
-    let peer = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0);
-    if let (true, Some(peer)) = (opens_session, peer) {
-        let Some(place) = state.addresses.acquire(peer.ip()) else {
-            tracing::info!(address = %peer.ip(), "refusing a Socket.IO handshake: too many from this address");
+    let client = client_address(&state, req.extensions(), req.headers());
+    if let (true, Some(client)) = (opens_session, client) {
+        let Some(place) = state.addresses.acquire(client) else {
+            tracing::info!(address = %client, "refusing a Socket.IO handshake: too many from this address");
             let body = serde_json::json!({ "error": ApiError::new(
                 parley_common::wire::ErrorCode::RateLimited,
                 "too many connections from this address",
@@ -107,6 +105,21 @@ pub async fn admit_handshake(
         });
     }
     next.run(req).await
+}
+
+/// The client address a request counts against (`PARLEY_TRUSTED_PROXIES`); `None` without a
+/// peer address (a router served without connection info).
+fn client_address(
+    state: &AppState,
+    extensions: &axum::http::Extensions,
+    headers: &axum::http::HeaderMap,
+) -> Option<std::net::IpAddr> {
+    let peer = extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+    Some(ClientAddr::resolve(
+        peer,
+        headers,
+        &state.limits.trusted_proxies,
+    ))
 }
 
 /// The connect error every refusal shows, as the seed's clients expect.
@@ -159,12 +172,8 @@ async fn authenticate_connect(
     if state.draining.is_cancelled() {
         return Err(AuthError);
     }
-    let peer = s
-        .req_parts()
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
-    let place = match peer {
+    let parts = s.req_parts();
+    let place = match client_address(&state, &parts.extensions, &parts.headers) {
         Some(ip) => match state.addresses.acquire(ip) {
             Some(place) => Some(place),
             None => {

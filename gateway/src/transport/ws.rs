@@ -6,11 +6,10 @@
 //! Only a codec: the connection's life (limits, expiry, drain, close reasons) is
 //! [`crate::session::connection`].
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message as WsMessage, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -21,6 +20,7 @@ use parley_common::wire::{ApiError, ErrorCode, ErrorEvent, ServerEvent};
 use serde_json::value::RawValue;
 
 use crate::auth::AuthUser;
+use crate::client_addr::ClientAddr;
 use crate::fanout::AttachError;
 use crate::metrics::Transport;
 use crate::protocol::Frame;
@@ -38,7 +38,7 @@ const READ_BUFFER: usize = 1024;
 /// `GET /ws`: authenticate, subscribe for the user, then upgrade.
 pub async fn upgrade(
     State(state): State<AppState>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientAddr(client): ClientAddr,
     AuthUser(verified): AuthUser,
     ws: WebSocketUpgrade,
 ) -> Response {
@@ -49,8 +49,8 @@ pub async fn upgrade(
             "server draining",
         );
     }
-    let Some(place) = state.addresses.acquire(peer.ip()) else {
-        tracing::info!(address = %peer.ip(), "refusing a connection: too many from this address");
+    let Some(place) = state.addresses.acquire(client) else {
+        tracing::info!(address = %client, "refusing a connection: too many from this address");
         return api_error(
             StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::RateLimited,
