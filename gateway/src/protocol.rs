@@ -67,6 +67,23 @@ impl Frame {
     }
 }
 
+/// Every event a client may send (DESIGN §6), as [`Command::name`] names them.
+pub const CLIENT_EVENTS: [&str; 13] = [
+    "message:send",
+    "conversation:open",
+    "message:history",
+    "sync",
+    "message:read",
+    "typing",
+    "conversation:list",
+    "message:edit",
+    "message:delete",
+    "member:add",
+    "member:remove",
+    "presence:get",
+    "auth:refresh",
+];
+
 /// A request, checked.
 #[derive(Debug)]
 pub enum Command {
@@ -594,5 +611,15 @@ mod tests {
     fn a_bad_user_id_in_to_is_invalid() {
         let r = send(r#"{"to":"bob.*","content":"x","clientMsgId":"m3"}"#).unwrap_err();
         assert_eq!(r.error.code, ErrorCode::Invalid);
+    }
+
+    #[test]
+    fn every_client_event_is_one_the_parser_knows() {
+        let empty = RawValue::from_string("{}".into()).unwrap();
+        for event in CLIENT_EVENTS {
+            if let Err(r) = Command::parse(event, Some(&empty), 4_000) {
+                assert!(!r.error.message.contains("unknown event"), "{event}");
+            }
+        }
     }
 }

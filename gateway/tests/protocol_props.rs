@@ -2,26 +2,16 @@
 //! the bytes. Nothing panics, and every refusal is `invalid` or `too_large` with a message.
 
 use parley_common::wire::ErrorCode;
-use parley_gateway::protocol::{Command, Frame};
+use parley_gateway::protocol::{CLIENT_EVENTS, Command, Frame};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 
-const EVENTS: [&str; 14] = [
-    "message:send",
-    "conversation:open",
-    "message:history",
-    "sync",
-    "message:read",
-    "typing",
-    "conversation:list",
-    "message:edit",
-    "message:delete",
-    "member:add",
-    "member:remove",
-    "presence:get",
-    "auth:refresh",
-    "no:such:event",
-];
+/// Every client event, and one that does not exist.
+fn events() -> Vec<&'static str> {
+    let mut events = CLIENT_EVENTS.to_vec();
+    events.push("no:such:event");
+    events
+}
 
 /// Any JSON value, a few levels deep, with the field names the commands read.
 fn json_value() -> impl Strategy<Value = Value> {
@@ -72,7 +62,7 @@ proptest! {
 
     #[test]
     fn any_frame_shape_parses_or_is_refused_invalid(
-        event in prop::sample::select(EVENTS.to_vec()),
+        event in prop::sample::select(events()),
         id in prop::option::of(json_value()),
         data in prop::option::of(json_value()),
         traceparent in prop::option::of(json_value()),
@@ -103,7 +93,7 @@ proptest! {
 
     #[test]
     fn any_data_for_any_event_is_a_command_or_a_clear_refusal(
-        event in prop::sample::select(EVENTS.to_vec()),
+        event in prop::sample::select(events()),
         data in json_value(),
     ) {
         let raw = serde_json::value::to_raw_value(&data).unwrap();

@@ -103,6 +103,10 @@ pub trait Codec: Send + Sized + 'static {
         client_msg_id: Option<String>,
     ) -> impl Future<Output = Result<(), End>> + Send;
     fn ping(&mut self) -> impl Future<Output = Result<(), End>> + Send;
+    /// Resolves when the transport learns, on its own, that the client is gone (raced ahead of
+    /// the outbound queue, so a busy socket notices too); never, for one that learns it by
+    /// reading.
+    fn gone(&self) -> impl Future<Output = ()> + Send + 'static;
     /// Ends the connection, telling the client why when it can still hear it.
     fn close(self, end: End) -> impl Future<Output = ()> + Send;
 }
@@ -226,6 +230,8 @@ impl<R: Send + 'static> Live<R> {
     async fn serve<C: Codec<Reply = R>>(&mut self, codec: &mut C) -> End {
         let state = self.session.state.clone();
         let inflight = self.inflight.clone();
+        let gone = codec.gone();
+        tokio::pin!(gone);
         let (expires_at, warn_at) = expiry_deadlines(self.exp);
         let expired = tokio::time::sleep_until(expires_at);
         tokio::pin!(expired);
@@ -242,6 +248,7 @@ impl<R: Send + 'static> Live<R> {
                     let _ = self.write(codec.event(bye.to_json())).await;
                     Err(End::Draining)
                 }
+                () = &mut gone => Err(End::Closed),
                 () = self.attachment.revoked.cancelled() => Err(End::SignedOut),
                 () = self.attachment.slow.cancelled() => Err(End::TooSlow),
                 () = &mut expired => Err(End::TokenExpired),

@@ -16,6 +16,7 @@
 //! flood.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -353,6 +354,10 @@ impl Codec for SioCodec {
 
     async fn ping(&mut self) -> Result<(), End> {
         Ok(())
+    }
+
+    fn gone(&self) -> impl Future<Output = ()> + Send + 'static {
+        self.gone.clone().cancelled_owned()
     }
 
     async fn close(mut self, end: End) {

@@ -6,6 +6,7 @@
 //! Only a codec: the connection's life (limits, expiry, drain, close reasons) is
 //! [`crate::session::connection`].
 
+use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -169,7 +170,11 @@ impl Codec for WsCodec {
         self.sink
             .send(WsMessage::Ping(Bytes::new()))
             .await
-            .map_err(|_| End::Closed)
+            .map_err(write_failed)
+    }
+
+    fn gone(&self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::pending()
     }
 
     async fn close(mut self, end: End) {
@@ -212,7 +217,18 @@ impl WsCodec {
         self.sink
             .send(WsMessage::Text(text))
             .await
-            .map_err(|_| End::Closed)
+            .map_err(write_failed)
+    }
+}
+
+/// How a failed write ends the connection: a write the HTTP server gave up on at its deadline
+/// is a client that stopped reading; anything else, a socket that broke.
+fn write_failed(e: axum::Error) -> End {
+    match e.into_inner().downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Io(io)) if io.kind() == std::io::ErrorKind::TimedOut => {
+            End::Stalled
+        }
+        _ => End::Closed,
     }
 }
 

@@ -3,15 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Process, TestEnv, WsClient};
-
-/// A browser: an HTTP client that keeps cookies between requests.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .build()
-        .unwrap()
-}
+use crate::helpers::{Process, TestEnv, WsClient, browser};
 
 async fn register(http: &reqwest::Client, gw: &Process, name: &str) -> Value {
     let r = http

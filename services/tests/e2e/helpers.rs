@@ -760,3 +760,11 @@ impl Role {
             .unwrap()
     }
 }
+
+/// A browser: an HTTP client that keeps cookies between requests.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .build()
+        .unwrap()
+}

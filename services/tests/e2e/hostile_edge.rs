@@ -209,6 +209,12 @@ async fn auth_refresh_refuses_a_token_of_a_signed_out_session() {
         .request("auth:refresh", json!({ "token": laptop_token }))
         .await;
     assert_eq!(before["ok"], true, "{before}");
+    // Back onto the phone's own session (a socket belongs to the session of its newest token,
+    // and the laptop's sign-out would close it otherwise).
+    let back = phone
+        .request("auth:refresh", json!({ "token": phone_token }))
+        .await;
+    assert_eq!(back["ok"], true, "{back}");
 
     let r = reqwest::Client::new()
         .post(format!("http://{}/api/auth/logout", gw.addr()))

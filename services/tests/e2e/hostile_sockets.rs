@@ -10,24 +10,9 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 
-use crate::helpers::{Role, TestEnv, WsClient, eventually};
+use parley_gateway::protocol::CLIENT_EVENTS;
 
-/// Every event a client may send (DESIGN §6).
-const EVENTS: [&str; 13] = [
-    "message:send",
-    "conversation:open",
-    "message:history",
-    "sync",
-    "message:read",
-    "typing",
-    "conversation:list",
-    "message:edit",
-    "message:delete",
-    "member:add",
-    "member:remove",
-    "presence:get",
-    "auth:refresh",
-];
+use crate::helpers::{Role, TestEnv, WsClient, browser, eventually};
 
 /// A tight limit, so a flood is quick: 2 frames of burst, then 5 refusals, then the close.
 const TIGHT: [(&str, &str); 3] = [
@@ -69,7 +54,7 @@ async fn every_client_event_past_the_limit_is_rate_limited_then_closed_as_a_floo
     let env = TestEnv::with_settings(&TIGHT).await;
     let _persistence = env.spawn_persistence().await;
     let gw = env.spawn_gateway().await;
-    let floods = EVENTS.iter().enumerate().map(|(i, event)| {
+    let floods = CLIENT_EVENTS.iter().enumerate().map(|(i, event)| {
         let token = env.token(&format!("ws-flooder-{i}"), 600);
         let addr = gw.addr();
         async move {
@@ -103,7 +88,7 @@ async fn every_client_event_past_the_limit_is_rate_limited_then_closed_as_a_floo
     let env = TestEnv::with_settings(&TIGHT).await;
     let _persistence = env.spawn_persistence().await;
     let gw = env.spawn_gateway().await;
-    let floods = EVENTS.iter().enumerate().map(|(i, event)| {
+    let floods = CLIENT_EVENTS.iter().enumerate().map(|(i, event)| {
         let token = env.token(&format!("sio-flooder-{i}"), 600);
         let addr = gw.addr();
         async move { (*event, sio(addr, &token, &["flood", event, "40"]).await) }
@@ -155,20 +140,28 @@ where
     panic!("the condition never came true after {sent} messages");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_ws_client_that_stops_reading_is_dropped_at_the_write_deadline() {
-    let env = TestEnv::new().await;
+/// A gateway (a real process) whose only way to drop a client that stops reading is the write
+/// deadline (2 s; Engine.IO's ping every 2 s), with persistence, and Alice in a DM with Bob.
+async fn stalling_world(env: &TestEnv) -> (Role, Role, WsClient, String) {
     let settings = [
         ("PARLEY_WRITE_TIMEOUT_SECONDS", "2".to_owned()),
-        // Only the write deadline can drop it: the queue would hold everything.
+        ("PARLEY_SOCKETIO_PING_SECONDS", "2".to_owned()),
+        // The queue would hold everything.
         ("PARLEY_OUTBOUND_QUEUE", "1000000".to_owned()),
         ("PARLEY_SEND_RATE", "100000".to_owned()),
         ("PARLEY_SEND_BURST", "100000".to_owned()),
     ];
-    let _persistence = Role::start(&env, "persistence", &[]).await;
-    let gw = Role::start(&env, "gateway", &settings).await;
+    let persistence = Role::start(env, "persistence", &[]).await;
+    let gw = Role::start(env, "gateway", &settings).await;
     let mut alice = WsClient::connect(gw.addr(), &env.token("alice", 600)).await;
     let conv = alice.open_dm("bob").await;
+    (persistence, gw, alice, conv)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ws_client_that_stops_reading_is_dropped_at_the_write_deadline() {
+    let env = TestEnv::new().await;
+    let (_persistence, gw, alice, conv) = stalling_world(&env).await;
     // Bob connects and never reads again.
     let bob = WsClient::connect(gw.addr(), &env.token("bob", 600)).await;
     let dropped = r#"parley_connections_closed_total{transport="ws",reason="write_timeout"}"#;
@@ -223,27 +216,24 @@ async fn stalled_socketio(addr: SocketAddr, token: &str) -> impl Sized + use<> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_socketio_client_that_stops_reading_is_dropped_by_the_heartbeat() {
     let env = TestEnv::new().await;
-    let settings = [
-        ("PARLEY_WRITE_TIMEOUT_SECONDS", "2".to_owned()),
-        ("PARLEY_SOCKETIO_PING_SECONDS", "2".to_owned()),
-        ("PARLEY_OUTBOUND_QUEUE", "1000000".to_owned()),
-        ("PARLEY_SEND_RATE", "100000".to_owned()),
-        ("PARLEY_SEND_BURST", "100000".to_owned()),
-    ];
-    let _persistence = Role::start(&env, "persistence", &[]).await;
-    let gw = Role::start(&env, "gateway", &settings).await;
-    let mut alice = WsClient::connect(gw.addr(), &env.token("alice", 600)).await;
-    let conv = alice.open_dm("bob").await;
+    let (_persistence, gw, mut alice, conv) = stalling_world(&env).await;
     let _bob = stalled_socketio(gw.addr(), &env.token("bob", 600)).await;
     let open = r#"parley_connections{transport="socketio"}"#;
     let url = gw.metrics_url();
     let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
     assert_eq!(metric(&text, open), 1.0, "{text}");
-    push_until(alice, &conv, || {
+    // Events for Bob go out; he reads none of them, nor Engine.IO's pings.
+    for n in 0..5 {
+        let sent = alice
+            .send_message(&conv, &format!("unread-{n}"), "hi")
+            .await;
+        assert_eq!(sent["ok"], true, "{sent}");
+    }
+    eventually(|| {
         let url = url.clone();
         async move {
-            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-            metric(&text, open) == 0.0
+            let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+            (metric(&text, open) == 0.0).then_some(())
         }
     })
     .await;
@@ -403,14 +393,6 @@ async fn a_socketio_client_piling_up_requests_while_its_others_run_is_closed_as_
     assert_eq!(report["disconnect"], "io server disconnect", "{report}");
 }
 
-/// A browser: an HTTP client that keeps cookies between requests.
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .build()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_socket_refreshed_onto_another_session_closes_when_that_session_signs_out() {
     let env = TestEnv::new().await;
@@ -450,8 +432,9 @@ async fn a_socket_refreshed_onto_another_session_closes_when_that_session_signs_
     // Connected with the first session's token, refreshed with the second's.
     let socket_token = token(&first).await;
     let mut socket = WsClient::connect(gw.addr(), &socket_token).await;
+    let second_token = token(&second).await;
     let r = socket
-        .request("auth:refresh", json!({"token": token(&second).await}))
+        .request("auth:refresh", json!({"token": second_token}))
         .await;
     assert_eq!(r["ok"], true, "{r}");
     // Signing out of the first session no longer concerns it. Once the gateway has taken the
@@ -469,7 +452,9 @@ async fn a_socket_refreshed_onto_another_session_closes_when_that_session_signs_
         }
     })
     .await;
-    let r = socket.request("presence:get", json!({"userIds": []})).await;
+    let r = socket
+        .request("auth:refresh", json!({"token": second_token}))
+        .await;
     assert_eq!(r["ok"], true, "{r}");
     // ...signing out of the second ends it.
     let r = post(&second, "/api/auth/logout", json!({})).await.unwrap();
