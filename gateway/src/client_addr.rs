@@ -139,17 +139,26 @@ impl FromRequestParts<AppState> for ClientAddr {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let peer = parts
-            .extensions
-            .get::<ConnectInfo<SocketAddr>>()
-            .ok_or(NoPeerAddress)?
-            .0
-            .ip();
-        Ok(ClientAddr(Self::resolve(
-            peer,
+        Self::of(
+            &parts.extensions,
             &parts.headers,
             &state.limits.trusted_proxies,
-        )))
+        )
+        .map(ClientAddr)
+        .ok_or(NoPeerAddress)
+    }
+}
+
+impl ClientAddr {
+    /// The client address of a request from its parts; `None` without a peer address (a
+    /// router served without connection info).
+    pub fn of(
+        extensions: &axum::http::Extensions,
+        headers: &HeaderMap,
+        trusted: &TrustedProxies,
+    ) -> Option<IpAddr> {
+        let peer = extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
+        Some(Self::resolve(peer, headers, trusted))
     }
 }
 

@@ -17,11 +17,10 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request as HttpRequest};
+use axum::extract::Request as HttpRequest;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -90,7 +89,11 @@ pub async fn admit_handshake(
             .unwrap_or_default()
             .split('&')
             .any(|kv| kv.starts_with("sid="));
-    let client = client_address(&state, req.extensions(), req.headers());
+    let client = ClientAddr::of(
+        req.extensions(),
+        req.headers(),
+        &state.limits.trusted_proxies,
+    );
     if let (true, Some(client)) = (opens_session, client) {
         let Some(place) = state.addresses.acquire(client) else {
             tracing::info!(address = %client, "refusing a Socket.IO handshake: too many from this address");
@@ -106,21 +109,6 @@ pub async fn admit_handshake(
         });
     }
     next.run(req).await
-}
-
-/// The client address a request counts against (`PARLEY_TRUSTED_PROXIES`); `None` without a
-/// peer address (a router served without connection info).
-fn client_address(
-    state: &AppState,
-    extensions: &axum::http::Extensions,
-    headers: &axum::http::HeaderMap,
-) -> Option<std::net::IpAddr> {
-    let peer = extensions.get::<ConnectInfo<SocketAddr>>()?.0.ip();
-    Some(ClientAddr::resolve(
-        peer,
-        headers,
-        &state.limits.trusted_proxies,
-    ))
 }
 
 /// The connect error every refusal shows, as the seed's clients expect.
@@ -174,7 +162,11 @@ async fn authenticate_connect(
         return Err(AuthError);
     }
     let parts = s.req_parts();
-    let place = match client_address(&state, &parts.extensions, &parts.headers) {
+    let place = match ClientAddr::of(
+        &parts.extensions,
+        &parts.headers,
+        &state.limits.trusted_proxies,
+    ) {
         Some(ip) => match state.addresses.acquire(ip) {
             Some(place) => Some(place),
             None => {
