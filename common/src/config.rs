@@ -142,6 +142,9 @@ pub struct NatsConfig {
     pub url: String,
     /// `PARLEY_NATS_PREFIX`: the first token of every subject, stream and consumer name.
     pub prefix: crate::subjects::Subjects,
+    /// `NATS_CONNECT_WAIT_SECONDS` (30): how long a starting role keeps trying a NATS that does
+    /// not answer yet (it may be starting too) before it gives up; 0 gives up at once.
+    pub connect_wait: std::time::Duration,
 }
 
 impl NatsConfig {
@@ -155,6 +158,9 @@ impl NatsConfig {
         Ok(Self {
             url: env.string_or("NATS_URL", "nats://127.0.0.1:4222"),
             prefix,
+            connect_wait: std::time::Duration::from_secs(
+                env.parse_or("NATS_CONNECT_WAIT_SECONDS", 30)?,
+            ),
         })
     }
 }

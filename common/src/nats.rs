@@ -16,9 +16,10 @@ pub const MAX_COMMAND_BYTES: i32 = 256 * 1024;
 /// How long a dead-lettered command is kept for an operator to look at.
 pub const DLQ_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// Connects, failing fast when the server does not answer at start or is older than NATS 2.11
-/// ([`crate::nats_version`]); once connected the client reconnects for ever, and callers see
-/// `unavailable` meanwhile.
+/// Connects, trying again every [`reconnect_delay`] for up to `cfg.connect_wait` while the server
+/// does not answer (it may be starting beside us), and refusing a server older than NATS 2.11
+/// ([`crate::nats_version`]); once connected the client reconnects for ever, quickly
+/// ([`reconnect_delay`]), and callers see `unavailable` meanwhile.
 /// `role` labels the reconnect counter.
 pub async fn connect(
     cfg: &NatsConfig,
@@ -27,34 +28,73 @@ pub async fn connect(
 ) -> Result<async_nats::Client, SetupError> {
     let reconnects = crate::metrics::nats_reconnects(role);
     let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = async_nats::ConnectOptions::new()
-        .name(name)
-        .event_callback(move |event| {
-            let (reconnects, lost) = (reconnects.clone(), lost.clone());
-            async move {
-                use std::sync::atomic::Ordering;
-                match event {
-                    async_nats::Event::Disconnected => {
-                        lost.store(true, Ordering::Relaxed);
-                        tracing::warn!("NATS connection lost, reconnecting");
+    let deadline = tokio::time::Instant::now() + cfg.connect_wait;
+    let mut attempt = 0;
+    let client = loop {
+        let (reconnects, lost) = (reconnects.clone(), lost.clone());
+        let connected = async_nats::ConnectOptions::new()
+            .name(name)
+            .event_callback(move |event| {
+                let (reconnects, lost) = (reconnects.clone(), lost.clone());
+                async move {
+                    use std::sync::atomic::Ordering;
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            lost.store(true, Ordering::Relaxed);
+                            tracing::warn!("NATS connection lost, reconnecting");
+                        }
+                        async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
+                            reconnects.inc();
+                            tracing::info!("NATS connection re-established");
+                        }
+                        _ => {}
                     }
-                    async_nats::Event::Connected if lost.swap(false, Ordering::Relaxed) => {
-                        reconnects.inc();
-                        tracing::info!("NATS connection re-established");
-                    }
-                    _ => {}
                 }
+            })
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(5)))
+            .reconnect_delay_callback(reconnect_delay)
+            .max_reconnects(None)
+            .connect(cfg.url.as_str())
+            .await;
+        match connected {
+            Ok(client) => break client,
+            Err(e) if tokio::time::Instant::now() < deadline && retryable(&e) => {
+                if attempt == 0 {
+                    tracing::info!(url = %cfg.url, error = %e, "NATS does not answer yet; waiting for it (NATS_CONNECT_WAIT_SECONDS)");
+                }
+                attempt += 1;
+                tokio::time::sleep(reconnect_delay(attempt + 1)).await;
             }
-        })
-        .connection_timeout(Duration::from_secs(5))
-        .request_timeout(Some(Duration::from_secs(5)))
-        .max_reconnects(None)
-        .connect(cfg.url.as_str())
-        .await
-        .map_err(|e| SetupError(format!("cannot connect to NATS at {}: {e}", cfg.url)))?;
+            Err(e) => {
+                return Err(SetupError(format!(
+                    "cannot connect to NATS at {}: {e}",
+                    cfg.url
+                )));
+            }
+        }
+    };
     crate::nats_version::check(&client.server_info().version)
         .map_err(|e| SetupError(e.to_string()))?;
     Ok(client)
+}
+
+/// Whether a failed first connection may succeed later (the server is not up yet), rather than
+/// being a mistake to report at once (bad credentials, a malformed URL).
+fn retryable(e: &async_nats::ConnectError) -> bool {
+    use async_nats::ConnectErrorKind as K;
+    matches!(e.kind(), K::Io | K::TimedOut | K::Dns)
+}
+
+/// The wait before reconnect attempt `attempts` (1-based): at once, then 50 ms doubling to
+/// 500 ms. A role's NATS is on the same network; after a restart of the server every role
+/// should be back within half a second of it (async-nats's default grows to 4 s, which alone
+/// used most of the 3 s recovery budget, docs/operations.md).
+pub fn reconnect_delay(attempts: usize) -> Duration {
+    match attempts {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis((25u64 << (n - 1).min(5)).min(500)),
+    }
 }
 
 /// Asks the server at `cfg.url` which version it runs, and refuses one older than Parley
@@ -363,5 +403,17 @@ mod tests {
         for bad in ["0", "1025", "-1", "many"] {
             assert!(read(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn reconnects_start_at_once_and_never_wait_more_than_half_a_second() {
+        assert_eq!(reconnect_delay(1), Duration::ZERO);
+        assert_eq!(reconnect_delay(2), Duration::from_millis(50));
+        assert_eq!(reconnect_delay(3), Duration::from_millis(100));
+        let later: Vec<_> = (6..200).map(reconnect_delay).collect();
+        assert!(
+            later.iter().all(|d| *d == Duration::from_millis(500)),
+            "{later:?}"
+        );
     }
 }

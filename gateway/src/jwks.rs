@@ -8,6 +8,7 @@
 //! signed-out session is refused ([`RevokedSessions`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parley_auth::api::AuthOp;
@@ -20,14 +21,18 @@ use tokio::sync::Mutex;
 use crate::auth::Refusal;
 use crate::revocation::RevokedSessions;
 
-/// The least time between two fetches.
+/// The least time between two fetches, once a JWKS is loaded.
 const MIN_REFETCH: Duration = Duration::from_secs(1);
+/// The least time between two fetches while none has succeeded yet (the auth role is starting).
+const MIN_REFETCH_STARTING: Duration = Duration::from_millis(200);
 
 pub struct JwksCache {
     nats: async_nats::Client,
     subjects: Subjects,
     last_fetch: Mutex<Option<Instant>>,
     revoked: RevokedSessions,
+    /// A JWKS has been fetched (or Parley tokens are not accepted, so none is needed).
+    loaded: AtomicBool,
 }
 
 impl JwksCache {
@@ -38,6 +43,7 @@ impl JwksCache {
             subjects,
             last_fetch: Mutex::new(None),
             revoked: RevokedSessions::new(max_revoked),
+            loaded: AtomicBool::new(false),
         }
     }
 
@@ -46,19 +52,30 @@ impl JwksCache {
         &self.revoked
     }
 
+    /// Whether the verifier has the auth role's keys (always, when Parley tokens are off).
+    pub fn is_loaded(&self, verifier: &Verifier) -> bool {
+        !verifier.accepts_parley_tokens() || self.loaded.load(Ordering::Acquire)
+    }
+
     /// Fetches the JWKS into `verifier`: now, or (if one was fetched less than a second ago)
     /// once the second is up. A fetch made while this call waited counts as its own.
-    pub async fn refresh(&self, verifier: &Verifier) {
+    /// True when the verifier has keys afterwards.
+    pub async fn refresh(&self, verifier: &Verifier) -> bool {
         if !verifier.accepts_parley_tokens() {
-            return;
+            return true;
         }
         let asked = Instant::now();
         let mut last = self.last_fetch.lock().await;
         if let Some(t) = *last {
             if t > asked {
-                return;
+                return self.is_loaded(verifier);
             }
-            tokio::time::sleep(MIN_REFETCH.saturating_sub(t.elapsed())).await;
+            let gap = if self.is_loaded(verifier) {
+                MIN_REFETCH
+            } else {
+                MIN_REFETCH_STARTING
+            };
+            tokio::time::sleep(gap.saturating_sub(t.elapsed())).await;
         }
         *last = Some(Instant::now());
         let reply = self
@@ -69,10 +86,12 @@ impl JwksCache {
             Ok(Ok(jwks)) => {
                 tracing::info!(keys = jwks.keys.len(), "JWKS fetched");
                 verifier.set_jwks(&jwks);
+                self.loaded.store(true, Ordering::Release);
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "auth service refused the JWKS request"),
             Err(e) => tracing::warn!(error = %e, "cannot fetch the JWKS"),
         }
+        self.is_loaded(verifier)
     }
 
     /// Verifies a token, fetching the JWKS once more if it names a key not seen yet, and

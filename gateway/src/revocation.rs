@@ -129,9 +129,9 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Subscribes to the announcements (before returning, so none after start-up is missed), loads
-/// the sessions revoked before start, and handles announcements until the returned task is
-/// aborted.
+/// Subscribes to the announcements (before returning, so none after start-up is missed), starts
+/// loading the sessions revoked before start (retried quickly while the auth role is starting),
+/// and handles announcements until the returned task is aborted.
 pub async fn watch(state: AppState) -> Result<tokio::task::JoinHandle<()>> {
     let nats = state.js.client();
     let mut sub = nats
@@ -141,32 +141,23 @@ pub async fn watch(state: AppState) -> Result<tokio::task::JoinHandle<()>> {
     parley_common::nats::round_trip(&nats)
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
-    let loader = match load(&state).await {
-        Ok(n) => {
-            tracing::info!(sessions = n, "loaded the recently revoked sessions");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot load the revoked sessions yet: retrying; until then only sign-outs announced since start are refused");
-            let state = state.clone();
-            Some(tokio::spawn(async move {
-                let mut wait = Duration::from_millis(500);
-                loop {
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = state.draining.cancelled() => return,
+    let loader = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let mut retry = crate::startup::DependencyRetry::default();
+            loop {
+                match load(&state).await {
+                    Ok(n) => {
+                        tracing::info!(sessions = n, "loaded the recently revoked sessions");
+                        return;
                     }
-                    match load(&state).await {
-                        Ok(n) => {
-                            tracing::info!(sessions = n, "loaded the recently revoked sessions");
-                            return;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "cannot load the revoked sessions"),
-                    }
-                    wait = (wait * 2).min(Duration::from_secs(10));
+                    Err(e) => retry.note(&e, "cannot load the revoked sessions yet; until then only sign-outs announced since start are refused"),
                 }
-            }))
-        }
+                if !retry.wait(&state.draining).await {
+                    return;
+                }
+            }
+        })
     };
     Ok(tokio::spawn(async move {
         while let Some(msg) = sub.next().await {
@@ -186,9 +177,7 @@ pub async fn watch(state: AppState) -> Result<tokio::task::JoinHandle<()>> {
                 tracing::info!(user = %user, closed, "closed the sockets of an ended session");
             }
         }
-        if let Some(loader) = loader {
-            loader.abort();
-        }
+        loader.abort();
     }))
 }
 

@@ -94,8 +94,6 @@ impl Application {
             sockets: TaskTracker::new(),
             origins: config.allowed_origins,
         });
-        // Best effort: a gateway may start before the auth role; an unknown kid refetches.
-        state.jwks.refresh(&state.verifier).await;
         let mut readiness = Readiness::default();
         readiness.add_nats(client.clone());
         Ok(Self {
@@ -165,6 +163,7 @@ impl Application {
         let addr = self.local_addr();
         tracing::info!(%addr, "gateway listening");
         let revocations = revocation::watch(state.clone()).await?;
+        let keys = tokio::spawn(load_keys(state.clone()));
         let membership = chat::watch_changes(state.clone()).await?;
         let presence = tokio::spawn(
             state
@@ -187,6 +186,7 @@ impl Application {
         .await?;
         revocations.abort();
         membership.abort();
+        keys.abort();
         state.sockets.close();
         if tokio::time::timeout(self.drain_timeout, state.sockets.wait())
             .await
@@ -204,5 +204,68 @@ impl Application {
         }
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// Fetches the auth role's JWKS until it answers: at once, then again quickly while it is
+/// starting. (An unknown `kid` later refetches on its own, [`JwksCache::verify`].)
+async fn load_keys(state: AppState) {
+    let mut retry = DependencyRetry::default();
+    while !state.jwks.refresh(&state.verifier).await {
+        retry.note(&"no answer yet", "waiting for the auth role's keys (JWKS)");
+        if !retry.wait(&state.draining).await {
+            return;
+        }
+    }
+}
+
+/// Retries of a call to a role that may be starting: 100 ms apart at first, doubling to 2 s, so
+/// a dependency that is merely starting costs at most a few hundred milliseconds, and one that
+/// is down costs the broker a request every 2 s. Logs the first failure and then every tenth.
+#[derive(Default)]
+pub(crate) struct DependencyRetry {
+    attempts: u32,
+}
+
+impl DependencyRetry {
+    /// The wait before retry number `attempt` (0-based).
+    pub(crate) fn delay(attempt: u32) -> std::time::Duration {
+        std::time::Duration::from_millis((100u64 << attempt.min(5)).min(2_000))
+    }
+
+    /// Logs a failed attempt (the first at info, every tenth at warn).
+    pub(crate) fn note(&self, error: &dyn std::fmt::Display, what: &str) {
+        if self.attempts == 0 {
+            tracing::info!(error = %error, "{what}; retrying");
+        } else if self.attempts % 10 == 0 {
+            tracing::warn!(error = %error, attempts = self.attempts, "{what}; still retrying");
+        } else {
+            tracing::debug!(error = %error, "{what}");
+        }
+    }
+
+    /// Waits before the next attempt; false if `stop` was cancelled meanwhile.
+    pub(crate) async fn wait(&mut self, stop: &CancellationToken) -> bool {
+        let delay = Self::delay(self.attempts);
+        self.attempts += 1;
+        tokio::select! {
+            () = stop.cancelled() => false,
+            () = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DependencyRetry;
+    use std::time::Duration;
+
+    #[test]
+    fn dependency_retries_start_fast_and_settle_at_two_seconds() {
+        let delays: Vec<_> = (0..8).map(DependencyRetry::delay).collect();
+        assert_eq!(delays[0], Duration::from_millis(100));
+        assert_eq!(delays[1], Duration::from_millis(200));
+        assert_eq!(delays[4], Duration::from_millis(1_600));
+        assert!(delays[5..].iter().all(|d| *d == Duration::from_secs(2)));
     }
 }

@@ -67,8 +67,39 @@ impl PersistenceConfig {
             batch_size,
             max_ack_pending: 20_000,
             parallel,
-            ack_wait: Duration::from_secs(env.parse_or("PARLEY_ACK_WAIT_SECONDS", 30)?),
+            ack_wait: ack_wait(env)?,
             max_members,
         })
+    }
+}
+
+/// `PARLEY_ACK_WAIT_SECONDS` (3): how long a command handed to a replica waits for its ack
+/// before the broker hands it out again. It bounds recovery after a replica or the broker dies
+/// with commands in hand, so it is short; commands held longer (a slow write, a database
+/// outage) are reported in progress every second, hence at least 2 s.
+fn ack_wait(env: &Env) -> Result<Duration, ConfigError> {
+    let seconds: u64 = env.parse_or("PARLEY_ACK_WAIT_SECONDS", 3)?;
+    if !(2..=3_600).contains(&seconds) {
+        return Err(ConfigError::Invalid {
+            name: "PARLEY_ACK_WAIT_SECONDS",
+            reason: format!("{seconds}: expected 2 to 3600 seconds"),
+        });
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ack_wait_is_three_seconds_unless_set_and_never_under_two() {
+        let read = |v: &str| ack_wait(&Env::from_pairs([("PARLEY_ACK_WAIT_SECONDS", v)]));
+        assert_eq!(ack_wait(&Env::default()).unwrap(), Duration::from_secs(3));
+        assert_eq!(read("30").unwrap(), Duration::from_secs(30));
+        for bad in ["0", "1", "3601", "soon"] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.contains("PARLEY_ACK_WAIT_SECONDS"), "{bad}: {err}");
+        }
     }
 }

@@ -67,10 +67,16 @@ const PULL_EXPIRES: Duration = Duration::from_secs(4);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// A pinned client that stops pulling for this long loses its pin.
 const PRIORITY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often commands held through a slow write are reported in progress; the ack wait must
+/// be longer (`PARLEY_ACK_WAIT_SECONDS`, at least 2 s).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// How long a starting replica listens for the others before it takes partitions.
 const SETTLE: Duration = Duration::from_millis(300);
 /// How often an owner looks at its partition's consumer when it has nothing to do.
-const CHECK_EVERY: Duration = Duration::from_secs(2);
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// The first look, soon after a pull starts: a new owner takes the pin from a dead one (or one
+/// from before a broker restart) within a second.
+const FIRST_CHECK: Duration = Duration::from_millis(500);
 
 /// One partition's durable consumer.
 #[derive(Clone)]
@@ -378,7 +384,7 @@ impl Owner {
     /// Writes what the pull delivers until `release` (true) or the pull ends or fails (false:
     /// pull again).
     async fn pull(&mut self, chunks: &mut Chunks, release: &CancellationToken) -> bool {
-        let start = tokio::time::Instant::now() + CHECK_EVERY;
+        let start = tokio::time::Instant::now() + FIRST_CHECK;
         let mut check = tokio::time::interval_at(start, CHECK_EVERY);
         loop {
             tokio::select! {
@@ -592,11 +598,13 @@ impl Owner {
             let written = {
                 let _permit = self.writer.parallel.acquire().await;
                 let started = Instant::now();
-                let written = self
-                    .writer
-                    .write(&parsed)
-                    .instrument(tracing::info_span!("db.write", commands = parsed.len()))
-                    .await;
+                let written = keep_alive(
+                    &parsed,
+                    self.writer
+                        .write(&parsed)
+                        .instrument(tracing::info_span!("db.write", commands = parsed.len())),
+                )
+                .await;
                 self.writer
                     .metrics
                     .batch_seconds
@@ -726,7 +734,27 @@ fn in_stream_order(batch: Vec<jetstream::Message>) -> Vec<jetstream::Message> {
     out.into_iter().map(|(_, m)| m).collect()
 }
 
-/// Exponential backoff from 100 ms to 5 s, cut short by `stop`.
+/// Awaits `work` on `commands`, telling the broker they are in progress every
+/// [`PROGRESS_EVERY`] meanwhile, so a slow write does not outlast the (short) ack wait and have
+/// them handed out again.
+async fn keep_alive<T>(commands: &[Parsed], work: impl std::future::Future<Output = T>) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + PROGRESS_EVERY, PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            _ = tick.tick() => {
+                for p in commands {
+                    let _ = p.msg.ack_with(AckKind::Progress).await;
+                }
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 50 ms to 500 ms, cut short by `stop`: a pull or a database that
+/// comes back is used again within half a second (the recovery budget is 3 s).
 #[derive(Default)]
 struct Backoff {
     attempt: u32,
@@ -734,7 +762,7 @@ struct Backoff {
 
 impl Backoff {
     async fn wait(&mut self, stop: &CancellationToken) {
-        let ms = (100u64 << self.attempt.min(6)).min(5_000);
+        let ms = (50u64 << self.attempt.min(4)).min(500);
         self.attempt += 1;
         tokio::select! {
             () = stop.cancelled() => {}

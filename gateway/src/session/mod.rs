@@ -286,6 +286,11 @@ impl Session {
         command: &T,
         dedupe_id: String,
     ) -> Result<PublishAckFuture, ApiError> {
+        // While the broker is away the client would buffer the command and the sender would
+        // wait out the ack timeout: say `unavailable` at once, and the client retries.
+        if self.state.js.client().connection_state() != async_nats::connection::State::Connected {
+            return Err(ApiError::unavailable());
+        }
         let payload: Bytes = serde_json::to_vec(command)
             .expect("commands always serialise")
             .into();

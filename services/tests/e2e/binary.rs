@@ -135,6 +135,13 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
         logs_lines.push(line);
     }
     assert!(logs.contains("gateway listening"), "{logs}");
+    // Start-up order: the gateway's first request for the auth role's keys was answered (the
+    // auth role starts beside it); it neither timed out nor had to be retried.
+    assert!(logs.contains("JWKS fetched"), "{logs}");
+    assert!(
+        !logs.contains("cannot fetch the JWKS") && !logs.contains("waiting for the auth role"),
+        "the gateway waited on its own auth role: {logs}"
+    );
     // A line written inside a span carries its trace id.
     let traced = logs_lines
         .iter()
@@ -153,4 +160,54 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
     assert!(!logs.contains(&forged), "the token itself is never logged");
     assert!(!logs.contains("through the binary"));
     assert!(!logs.contains(SECRET));
+}
+
+/// Start-up order does not matter: a gateway whose auth role is not up yet listens and is ready
+/// at once (it does not wait on the auth role), and once auth starts, the Parley tokens it
+/// issues are accepted by that gateway.
+#[tokio::test]
+async fn a_gateway_started_before_its_auth_role_serves_at_once_and_takes_auth_tokens_later() {
+    use crate::helpers::Role;
+    let env = TestEnv::new().await;
+    let _persistence = Role::start(&env, "persistence", &[]).await;
+    // Role::start returns once /readyz answers 200: no auth role exists yet.
+    let gw = Role::start(&env, "gateway", &[]).await;
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/api/auth/login", gw.addr()))
+        .json(&serde_json::json!({"username": "alice", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503, "no auth role answers yet");
+
+    let _auth = Role::start(&env, "auth", &[]).await;
+    let registered: serde_json::Value = eventually(|| {
+        let url = format!("http://{}/api/auth/register", gw.addr());
+        async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .json(
+                    &serde_json::json!({"username": "alice", "email": "alice@example.com",
+                    "password": "correct horse battery"}),
+                )
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 201).then_some(r)
+        }
+    })
+    .await
+    .json()
+    .await
+    .unwrap();
+    let token = registered["token"].as_str().expect("a token").to_owned();
+    let mut alice = WsClient::connect(gw.addr(), &token).await;
+    let conv = alice.open_dm("bob").await;
+    alice
+        .send_message(&conv, "late-auth-1", "after auth came up")
+        .await;
+    assert_eq!(
+        alice.messages(&conv, 1).await[0]["content"],
+        "after auth came up"
+    );
 }
