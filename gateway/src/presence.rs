@@ -37,6 +37,8 @@ const CAS_ATTEMPTS: usize = 8;
 const BEAT_CONCURRENCY: usize = 32;
 /// A dead gateway is forgotten after this many TTLs (it was swept long before).
 const FORGET_AFTER_TTLS: u32 = 10;
+/// How soon a heartbeat or a user's arrival that the broker did not take is tried again.
+const RETRY_AFTER_OUTAGE: Duration = Duration::from_millis(500);
 
 /// A user's presence record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -201,8 +203,17 @@ impl Presence {
         Err(last_error)
     }
 
-    /// The user's first socket on this gateway arrived.
-    async fn up(&self, user: &UserId) {
+    /// Whether the broker is there: while it is not, a write would only wait out its timeout.
+    fn connected(&self) -> bool {
+        self.nats.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// The user's first socket on this gateway arrived. False when it could not be recorded
+    /// (the broker is away): the caller tries again.
+    async fn up(&self, user: &UserId) -> bool {
+        if !self.connected() {
+            return false;
+        }
         let me = self.gateway.clone();
         let now = Utc::now();
         match self
@@ -219,12 +230,17 @@ impl Presence {
                     self.announce(user.as_str(), view).await;
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "cannot record a user online"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record a user online");
+                return false;
+            }
         }
         let key = format!("m.{}.{user}", self.gateway);
         if let Err(e) = self.kv.put(key, Bytes::new()).await {
             tracing::warn!(error = %e, "cannot record where a user is connected");
+            return false;
         }
+        true
     }
 
     /// The user's last socket on this gateway went.
@@ -288,8 +304,12 @@ impl Presence {
         parley_common::nats::deliver(&self.nats, &self.subjects, users, &headers, &event).await;
     }
 
-    /// Writes this gateway's heartbeat and refreshes every user it holds.
-    async fn beat(&self, local: &HashSet<UserId>) {
+    /// Writes this gateway's heartbeat and refreshes every user it holds. False when the
+    /// heartbeat could not be written (the broker is away).
+    async fn beat(&self, local: &HashSet<UserId>) -> bool {
+        if !self.connected() {
+            return false;
+        }
         let now = Utc::now();
         let ms = now.timestamp_millis();
         if let Err(e) = self
@@ -298,6 +318,7 @@ impl Presence {
             .await
         {
             tracing::warn!(error = %e, "cannot write the gateway heartbeat");
+            return false;
         }
         let me = &self.gateway;
         futures::stream::iter(local)
@@ -313,6 +334,7 @@ impl Presence {
                 }
             })
             .await;
+        true
     }
 
     /// Tells the contacts of a dead gateway's users they went offline (unless they are still
@@ -372,6 +394,8 @@ impl Presence {
         shutdown: CancellationToken,
     ) {
         let mut local: HashSet<UserId> = HashSet::new();
+        // Users who arrived while the broker was away: recorded (and announced) once it is back.
+        let mut unrecorded: HashSet<UserId> = HashSet::new();
         let mut gateways: HashMap<String, i64> = HashMap::new();
         let mut watch = None;
         let mut tick = tokio::time::interval(self.ttl / 3);
@@ -384,11 +408,13 @@ impl Presence {
                 () = shutdown.cancelled() => break,
                 change = changes.recv() => match change {
                     Some(Change::Up(user)) => {
-                        if local.insert(user.clone()) {
-                            self.up(&user).await;
+                        if local.insert(user.clone()) && !self.up(&user).await {
+                            unrecorded.insert(user);
+                            tick.reset_after(RETRY_AFTER_OUTAGE);
                         }
                     }
                     Some(Change::Down(user)) => {
+                        unrecorded.remove(&user);
                         if local.remove(&user) {
                             self.down(&user).await;
                         }
@@ -410,7 +436,18 @@ impl Presence {
                     None => watch = None,
                 },
                 _ = tick.tick() => {
-                    self.beat(&local).await;
+                    // While the broker is away, try again soon rather than a third of the TTL
+                    // later, so presence is back within a second of it.
+                    if !self.beat(&local).await {
+                        tick.reset_after(RETRY_AFTER_OUTAGE);
+                        continue;
+                    }
+                    for user in std::mem::take(&mut unrecorded) {
+                        if !self.up(&user).await {
+                            unrecorded.insert(user);
+                            tick.reset_after(RETRY_AFTER_OUTAGE);
+                        }
+                    }
                     let now = Utc::now().timestamp_millis();
                     gateways.insert(self.gateway.clone(), now);
                     for dead in self.dead_gateways(&mut gateways, now) {
