@@ -211,6 +211,10 @@ pub enum ServerEvent {
         #[serde(rename = "reconnectAfterMs")]
         reconnect_after_ms: u64,
     },
+    /// The gateway lost the broker for a while and is back: deliveries announced meanwhile may
+    /// not have reached this socket, so the client syncs every conversation it follows.
+    #[serde(rename = "server:resync")]
+    ServerResync {},
 }
 
 impl ServerEvent {
@@ -227,6 +231,7 @@ impl ServerEvent {
             ServerEvent::Error(_) => "error",
             ServerEvent::TokenExpiring { .. } => "token:expiring",
             ServerEvent::ServerDraining { .. } => "server:draining",
+            ServerEvent::ServerResync {} => "server:resync",
         }
     }
 
@@ -319,6 +324,12 @@ mod tests {
             serde_json::to_value(&ev).unwrap(),
             json!({"type": "server:draining", "data": {"reconnectAfterMs": 1500}})
         );
+        let ev = ServerEvent::ServerResync {};
+        assert_eq!(
+            serde_json::to_value(&ev).unwrap(),
+            json!({"type": "server:resync", "data": {}})
+        );
+        assert_eq!(ev.name(), "server:resync");
     }
 
     #[test]

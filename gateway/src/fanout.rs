@@ -260,6 +260,24 @@ impl Fanout {
         n
     }
 
+    /// Hands `event` to every socket here (a socket whose queue is full is closed as slow, as
+    /// for any delivery); returns how many took it.
+    pub fn to_everyone(&self, event: &parley_common::wire::ServerEvent) -> usize {
+        let payload = event.to_json();
+        let users = self.users.lock().expect("fanout lock");
+        let mut handed = 0;
+        for entry in users.values() {
+            for sink in entry.sockets.read().expect("sockets lock").iter() {
+                match sink.tx.try_send(payload.clone()) {
+                    Ok(()) => handed += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => sink.slow.cancel(),
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        handed
+    }
+
     /// Users with at least one socket here.
     pub fn connected_users(&self) -> usize {
         self.users.lock().expect("fanout lock").len()

@@ -164,6 +164,7 @@ impl Application {
         tracing::info!(%addr, "gateway listening");
         let revocations = revocation::watch(state.clone()).await?;
         let keys = tokio::spawn(load_keys(state.clone()));
+        let resync = tokio::spawn(resync_after_outages(state.clone(), self.nats.clone()));
         let membership = chat::watch_changes(state.clone()).await?;
         let presence = tokio::spawn(
             state
@@ -187,6 +188,7 @@ impl Application {
         revocations.abort();
         membership.abort();
         keys.abort();
+        resync.abort();
         state.sockets.close();
         if tokio::time::timeout(self.drain_timeout, state.sockets.wait())
             .await
@@ -204,6 +206,41 @@ impl Application {
         }
         tracing::info!("gateway stopped");
         Ok(())
+    }
+}
+
+/// How often the NATS client's count of connections is looked at.
+const RECONNECT_CHECK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Tells every socket `server:resync` each time the NATS connection comes back: deliveries
+/// announced while this gateway was away never reached its sockets, which stayed open, and a
+/// client sees no gap until its conversation's next message. (The subscriptions are back once
+/// the client has flushed: it sends them first on a reconnect.)
+async fn resync_after_outages(state: AppState, nats: async_nats::Client) {
+    let connects = || {
+        nats.statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let mut seen = connects();
+    let mut tick = tokio::time::interval(RECONNECT_CHECK);
+    loop {
+        tokio::select! {
+            () = state.draining.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = connects();
+        if now == seen || nats.connection_state() != async_nats::connection::State::Connected {
+            continue;
+        }
+        if nats.flush().await.is_err() {
+            continue;
+        }
+        seen = now;
+        let told = state
+            .fanout
+            .to_everyone(&parley_common::wire::ServerEvent::ServerResync {});
+        tracing::info!(sockets = told, "NATS is back: told every socket to sync");
     }
 }
 

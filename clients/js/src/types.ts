@@ -118,4 +118,6 @@ export interface ServerEvents {
   error: (error: ApiError & { clientMsgId?: string }) => void;
   "token:expiring": (data: { exp: number }) => void;
   "server:draining": (data: { reconnectAfterMs: number }) => void;
+  /** The gateway is back from a broker outage: deliveries may have been missed; sync. */
+  "server:resync": (data: Record<string, never>) => void;
 }

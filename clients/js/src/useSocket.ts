@@ -139,6 +139,9 @@ export function useSocket(options: UseSocketOptions = {}): UseSocket {
         if (err.message === "Authentication error" && !closed) void reconnectWithFreshToken(s);
       });
       s.on("message:new", deliver);
+      // The gateway lost the broker for a while, this socket stayed open: what was announced
+      // meanwhile may not have reached it.
+      s.on("server:resync", () => void catchUp());
       s.on("token:expiring", async () => {
         try {
           const fresh = await getToken();
