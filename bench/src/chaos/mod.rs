@@ -182,11 +182,15 @@ pub async fn run(
     let mut nats = Nats::start(&args.nats_server, &out).await?;
     let pg = Postgres::start(&args.pg_bindir, &out).await?;
     let result = with_servers(&args, bin, &out, secret, replicas, &mut nats, &pg, started).await;
-    // Whatever happened, nothing the run started outlives it.
+    // Whatever happened, nothing the run started outlives it, and its stores go (the logs and
+    // results stay).
     let _ = nats.kill().await;
     if let Err(e) = pg.down().await {
         eprintln!("chaos: could not stop the private Postgres: {e:#}");
+    } else {
+        let _ = std::fs::remove_dir_all(out.join("pg").join("data"));
     }
+    let _ = std::fs::remove_dir_all(out.join("nats-store"));
     result
 }
 
