@@ -162,7 +162,7 @@ pub async fn run(
     secret: &str,
     replicas: usize,
 ) -> anyhow::Result<bool> {
-    if args.users < 2 || args.users % 2 != 0 {
+    if args.users < 2 || !args.users.is_multiple_of(2) {
         bail!(
             "--users must be an even number, at least 2 (DM pairs); got {}",
             args.users
