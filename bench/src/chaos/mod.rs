@@ -373,6 +373,22 @@ async fn load_and_faults(
     let mut results = Vec::new();
     tokio::time::sleep(steady).await;
     for &fault in &args.faults {
+        // Each fault meets a settled system: what the last one left behind (a backlog acked
+        // while it lasted) is written and delivered first, so no figure carries another's.
+        let deadline = Instant::now() + give_up;
+        while Instant::now() < deadline {
+            let settled_by = shared.now().saturating_sub(1_000_000);
+            if shared
+                .ledger
+                .lock()
+                .expect("ledger lock")
+                .outstanding(settled_by)
+                == 0
+            {
+                break;
+            }
+            tokio::time::sleep(POLL_EVERY).await;
+        }
         let r = inject(fault, args, system, &shared, give_up).await?;
         eprintln!(
             "chaos: {:<32} recovery {}, max ack latency {:.2}s",
