@@ -5,6 +5,8 @@
 //! prints a table, with JSON beside it for machines. With `--parley` it starts the gateway and
 //! persistence (`--persistence N` replicas) itself from that binary, so it can read their memory
 //! and metrics and restart the gateway.
+//! `chaos` (`chaos/`) is apart: it starts its own NATS, Postgres and roles and breaks them one at
+//! a time under load, reporting the recovery time of each fault.
 //! Speed is reported, never asserted; what is asserted is that every message arrived once, in
 //! order, to every recipient.
 
