@@ -34,13 +34,7 @@ impl Ctx {
 
     /// An HS256 token for `user`, valid for four hours.
     pub fn token(&self, user: &str) -> String {
-        let exp = chrono::Utc::now().timestamp() + 4 * 3600;
-        jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-            &json!({ "sub": user, "exp": exp }),
-            &jsonwebtoken::EncodingKey::from_secret(self.secret.as_bytes()),
-        )
-        .expect("sign a token")
+        token(&self.secret, user)
     }
 
     /// Connects every user, `connect_concurrency` at a time, each from the next source address.
@@ -82,6 +76,17 @@ impl Ctx {
     pub fn micros(&self) -> u64 {
         micros_since(self.epoch)
     }
+}
+
+/// An HS256 token for `user` signed with `secret`, valid for four hours.
+pub fn token(secret: &str, user: &str) -> String {
+    let exp = chrono::Utc::now().timestamp() + 4 * 3600;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({ "sub": user, "exp": exp }),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign a token")
 }
 
 /// Microseconds since `epoch`: the bench's one clock for send stamps and arrival times.

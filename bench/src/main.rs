@@ -5,9 +5,12 @@
 //! prints a table, with JSON beside it for machines. With `--parley` it starts the gateway and
 //! persistence (`--persistence N` replicas) itself from that binary, so it can read their memory
 //! and metrics and restart the gateway.
+//! `chaos` (`chaos/`) is apart: it starts its own NATS, Postgres and roles and breaks them one at
+//! a time under load, reporting the recovery time of each fault.
 //! Speed is reported, never asserted; what is asserted is that every message arrived once, in
 //! order, to every recipient.
 
+mod chaos;
 mod client;
 mod ctx;
 mod flow;
@@ -43,7 +46,7 @@ struct Cli {
     #[arg(long, env = "PARLEY_BIN")]
     parley: Option<PathBuf>,
     /// Persistence replicas to start with --parley; they share PARLEY_IN's partitions.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     persistence: u16,
     /// A gateway already running (when --parley is not given).
     #[arg(long, default_value = "127.0.0.1:3000")]
@@ -126,6 +129,10 @@ enum Scenario {
     },
     /// The set `./dev bench` runs: each scenario above, sized for this machine, a few minutes.
     Standard,
+    /// Load through two gateways while NATS, Postgres and each role are broken in turn (the
+    /// run starts its own, needs --parley); recovery time per fault, and nothing lost, doubled
+    /// or reordered. Writes results.txt and results.json into --out. See docs/operations.md.
+    Chaos(chaos::Args),
 }
 
 fn main() -> ExitCode {
@@ -153,6 +160,20 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     eprintln!(
         "parley-bench: open-file limit {fds} (the gateway inherits it when the bench starts it)"
     );
+    if let Scenario::Chaos(args) = &cli.scenario {
+        let bin = cli
+            .parley
+            .as_deref()
+            .context("chaos starts every role itself: give the parley binary with --parley")?;
+        return chaos::run(
+            args.clone(),
+            bin,
+            &cli.out,
+            &cli.secret,
+            usize::from(cli.persistence),
+        )
+        .await;
+    }
     let plan: Vec<(Transport, Scenario)> = match &cli.scenario {
         Scenario::Standard => standard(fds),
         one => vec![(cli.transport, one.clone())],
@@ -163,7 +184,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             Scenario::Reconnect { clients, .. } => *clients,
             Scenario::Dm { pairs, .. } => 2 * pairs,
             Scenario::Group { rooms, members, .. } => rooms * members,
-            Scenario::Standard => 0,
+            Scenario::Standard | Scenario::Chaos(_) => 0,
         } as u64;
         if needed + 200 > fds {
             bail!(
@@ -269,7 +290,7 @@ async fn run_one(ctx: &mut Ctx, scenario: Scenario) -> anyhow::Result<Report> {
             flow::run(ctx, p).await
         }
         Scenario::Reconnect { clients, signal } => reconnect::run(ctx, clients, &signal).await,
-        Scenario::Standard => unreachable!("expanded before"),
+        Scenario::Standard | Scenario::Chaos(_) => unreachable!("expanded or run before"),
     }
 }
 

@@ -427,7 +427,7 @@ fn handle(
 }
 
 /// A delay in [0, max) that differs from client to client (full jitter).
-fn jitter(max: Duration, seed: u64) -> Duration {
+pub(crate) fn jitter(max: Duration, seed: u64) -> Duration {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (std::process::id() as u64);
     x ^= x >> 31;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -316,7 +316,7 @@ fn per_partition(text: &str, name: &str) -> BTreeMap<u16, f64> {
 /// kernel picks there may be taken again before a role binds it. Each bench process starts at
 /// a random point of the range (not at its pid: benches started together have neighbouring
 /// pids, and two of them would test and hand out the same ports before either role bound one).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     use std::hash::{BuildHasher, Hasher};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     static START: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
@@ -338,7 +338,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 /// Polls `/readyz` on the admin port until it answers 200; fails early if the process exits.
-async fn wait_ready(admin: u16, child: Option<&mut Child>) -> anyhow::Result<()> {
+pub(crate) async fn wait_ready(admin: u16, child: Option<&mut Child>) -> anyhow::Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut child = child;
     loop {
