@@ -73,12 +73,12 @@ impl PersistenceConfig {
     }
 }
 
-/// `PARLEY_ACK_WAIT_SECONDS` (3): how long a command handed to a replica waits for its ack
+/// `PARLEY_ACK_WAIT_SECONDS` (2): how long a command handed to a replica waits for its ack
 /// before the broker hands it out again. It bounds recovery after a replica or the broker dies
 /// with commands in hand, so it is short; commands held longer (a slow write, a database
 /// outage) are reported in progress every second, hence at least 2 s.
 fn ack_wait(env: &Env) -> Result<Duration, ConfigError> {
-    let seconds: u64 = env.parse_or("PARLEY_ACK_WAIT_SECONDS", 3)?;
+    let seconds: u64 = env.parse_or("PARLEY_ACK_WAIT_SECONDS", 2)?;
     if !(2..=3_600).contains(&seconds) {
         return Err(ConfigError::Invalid {
             name: "PARLEY_ACK_WAIT_SECONDS",
@@ -93,9 +93,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_ack_wait_is_three_seconds_unless_set_and_never_under_two() {
+    fn the_ack_wait_is_two_seconds_unless_set_and_never_under_two() {
         let read = |v: &str| ack_wait(&Env::from_pairs([("PARLEY_ACK_WAIT_SECONDS", v)]));
-        assert_eq!(ack_wait(&Env::default()).unwrap(), Duration::from_secs(3));
+        assert_eq!(ack_wait(&Env::default()).unwrap(), Duration::from_secs(2));
         assert_eq!(read("30").unwrap(), Duration::from_secs(30));
         for bad in ["0", "1", "3601", "soon"] {
             let err = read(bad).unwrap_err().to_string();

@@ -326,6 +326,12 @@ async fn session(state: &mut State, client: Client, shared: &Shared) -> Ended {
                         want_sync = true;
                     }
                 }
+                // The gateway is back from a broker outage: what was announced meanwhile may
+                // not have come, with no gap to show for it yet.
+                Incoming::Event {
+                    name: "server:resync",
+                    ..
+                } => want_sync = true,
                 _ => {}
             }
         }
