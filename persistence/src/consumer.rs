@@ -386,6 +386,10 @@ impl Owner {
     async fn pull(&mut self, chunks: &mut Chunks, release: &CancellationToken) -> bool {
         let start = tokio::time::Instant::now() + FIRST_CHECK;
         let mut check = tokio::time::interval_at(start, CHECK_EVERY);
+        // After a long write (a database outage), one check a period later, not a burst of the
+        // missed ones: a burst would find "nothing arrived" before the pull had a chance, and
+        // take the pin from this very replica.
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
