@@ -22,7 +22,7 @@
 //! When Postgres is down the batch is held and retried with backoff (telling the broker the work
 //! is in progress, so it is not handed out again), and whatever else arrives joins it in order.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -492,13 +492,14 @@ impl Owner {
     /// its way to them, so nothing older than what it holds can still be written by someone else
     /// (see [`nothing_elsewhere`]).
     async fn verify(&self) -> bool {
-        let mut held = BTreeSet::new();
-        let mut held_redelivered = 0;
+        // Each command once, with the most deliveries of any copy held: a command handed out
+        // again while its first copy waited here is held twice, and counts as redelivered.
+        let mut held: BTreeMap<u64, i64> = BTreeMap::new();
         for info in self.held.iter().filter_map(|m| m.info().ok()) {
-            if held.insert(info.stream_sequence) && info.delivered > 1 {
-                held_redelivered += 1;
-            }
+            let delivered = held.entry(info.stream_sequence).or_default();
+            *delivered = (*delivered).max(info.delivered);
         }
+        let held_redelivered = held.values().filter(|d| **d > 1).count();
         let last_seen = self.next_delivery.unwrap_or(1) - 1;
         match self.partition.consumer.get_info().await {
             Ok(info) => {
