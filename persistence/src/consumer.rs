@@ -67,6 +67,8 @@ const PULL_EXPIRES: Duration = Duration::from_secs(4);
 const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 /// A pinned client that stops pulling for this long loses its pin.
 const PRIORITY_TIMEOUT: Duration = Duration::from_secs(15);
+/// The longest wait before a failed pull is renewed (see [`Backoff::pulls`]).
+const PULL_RETRY_MAX: Duration = Duration::from_millis(500);
 /// How long a starting replica listens for the others before it takes partitions.
 const SETTLE: Duration = Duration::from_millis(300);
 /// How often an owner looks at its partition's consumer when it has nothing to do.
@@ -314,7 +316,7 @@ async fn own(
         received: false,
         delivered: 0,
     };
-    let mut backoff = Backoff::default();
+    let mut backoff = Backoff::pulls();
     while !release.is_cancelled() {
         let pull = owner
             .partition
@@ -335,7 +337,7 @@ async fn own(
                     break;
                 }
                 if owner.delivered > 0 {
-                    backoff = Backoff::default();
+                    backoff = Backoff::pulls();
                 }
                 owner.delivered = 0;
             }
@@ -730,11 +732,24 @@ fn in_stream_order(batch: Vec<jetstream::Message>) -> Vec<jetstream::Message> {
 #[derive(Default)]
 struct Backoff {
     attempt: u32,
+    /// A lower ceiling than 5 s, in ms ([`Backoff::pulls`]).
+    max_ms: Option<u64>,
 }
 
 impl Backoff {
+    /// For renewing a failed pull: from 100 ms to [`PULL_RETRY_MAX`]. While JetStream elects a
+    /// new leader for the partition's consumer (a node died: 4 to 9 s) each pull fails at once
+    /// with "no responders"; a longer ceiling would leave the partition idle for up to 5 s after
+    /// the leader is back.
+    fn pulls() -> Self {
+        Self {
+            attempt: 0,
+            max_ms: Some(PULL_RETRY_MAX.as_millis() as u64),
+        }
+    }
+
     async fn wait(&mut self, stop: &CancellationToken) {
-        let ms = (100u64 << self.attempt.min(6)).min(5_000);
+        let ms = (100u64 << self.attempt.min(6)).min(self.max_ms.unwrap_or(5_000));
         self.attempt += 1;
         tokio::select! {
             () = stop.cancelled() => {}

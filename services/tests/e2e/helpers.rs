@@ -175,7 +175,11 @@ impl TestEnv {
     }
 
     pub async fn spawn_gateway(&self) -> Process {
-        let config = parley_gateway::GatewayConfig::from_env(&self.env()).expect("gateway config");
+        self.spawn_gateway_with(self.env()).await
+    }
+
+    pub async fn spawn_gateway_with(&self, env: Env) -> Process {
+        let config = parley_gateway::GatewayConfig::from_env(&env).expect("gateway config");
         Process::start(move |stop| async move {
             let app = parley_gateway::Application::build(config)
                 .await
@@ -933,14 +937,6 @@ impl NatsCluster {
             .map(|n| n.url.as_str())
             .collect::<Vec<_>>()
             .join(",")
-    }
-
-    /// The node called `name`.
-    pub fn index_of(&self, name: &str) -> usize {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .unwrap_or_else(|| panic!("no node {name} in {:?}", self.names))
     }
 
     /// A monitoring endpoint of node `i` (`/jsz`, `/connz`...), as JSON.
