@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as Ws;
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{NatsCluster, PATIENCE, TestEnv, WsClient, within};
+use crate::helpers::{NatsCluster, PATIENCE, TestEnv, WsClient, free_port, within};
 
 /// Conversations, each with one sender and one recipient.
 const PAIRS: usize = 4;
@@ -503,4 +503,71 @@ async fn elections_after(
         }
     }
     elected
+}
+
+/// Streams made on one replica are scaled to three when the roles start with
+/// `PARLEY_STREAM_REPLICAS=3`, keeping what they hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_made_on_one_replica_are_scaled_to_the_configured_count() {
+    let cluster = NatsCluster::start(3).await;
+    let env = TestEnv::on_nats(&cluster.url(), &[("PARLEY_STREAM_REPLICAS", "1")]).await;
+    let js = async_nats::jetstream::new(env.nats().await);
+    let subjects = parley_common::subjects::Subjects::new(&env.prefix).unwrap();
+    let persistence = env.spawn_persistence().await;
+    let gateway = env.spawn_gateway().await;
+    let mut alice = env.connect(&gateway, "alice").await;
+    let conversation = alice.open_dm("bob").await;
+    persistence.stop().await;
+    let ack = alice.send_message(&conversation, "before", "kept").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    drop(alice);
+    gateway.stop().await;
+    let replicas = |name: String| {
+        let js = js.clone();
+        async move {
+            let mut stream = js.get_stream(&name).await.unwrap();
+            let info = stream.info().await.unwrap();
+            (info.config.num_replicas, info.state.messages)
+        }
+    };
+    assert_eq!(replicas(subjects.stream_in()).await, (1, 1));
+
+    let three = env.env().with("PARLEY_STREAM_REPLICAS", "3");
+    let _gateway = env.spawn_gateway_with(three.clone()).await;
+    let _persistence = env.spawn_persistence_with(three).await;
+    for name in [
+        subjects.stream_dlq(),
+        format!("KV_{}", subjects.presence_bucket()),
+    ] {
+        assert_eq!(replicas(name.clone()).await.0, 3, "{name}");
+    }
+    assert_eq!(replicas(subjects.stream_in()).await.0, 3);
+    // The command accepted before the change is stored once.
+    let rows = within(PATIENCE, || async {
+        let rows = env.stored(&conversation).await;
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].2, "before");
+}
+
+/// On a single server (the shared test NATS) three replicas cannot be had: the role stops at
+/// start saying so, with both counts and the fix.
+#[tokio::test]
+async fn three_replicas_on_a_single_server_stop_the_role_with_a_clear_error() {
+    let env = TestEnv::new().await;
+    let mut cmd = env.parley_role("persistence", free_port(), free_port());
+    cmd.env("PARLEY_STREAM_REPLICAS", "3");
+    let out = tokio::time::timeout(PATIENCE, cmd.output())
+        .await
+        .expect("exited in time")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("with 3 replicas (PARLEY_STREAM_REPLICAS=3)")
+            && stderr.contains("set PARLEY_STREAM_REPLICAS=1 on a single server"),
+        "{stderr}"
+    );
 }
