@@ -283,16 +283,33 @@ async fn declare(js: &jetstream::Context, config: stream::Config) -> Result<(), 
     if let Some(had) = had.filter(|&had| had != wanted) {
         tracing::info!(stream = %name, from = had, to = wanted, "changing the stream's replica count (PARLEY_STREAM_REPLICAS)");
     }
-    match js.create_or_update_stream(config).await {
-        Ok(_) => Ok(()),
-        Err(e) => Err(SetupError(replicas_refused(
-            &name,
-            had,
-            wanted,
-            &e.to_string(),
-        ))),
+    // A stream whose replicas are changing (another role scaling it at the same start) may not
+    // answer within the request timeout: ask again a few times before giving up.
+    let mut attempt = 1;
+    loop {
+        match js.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == jetstream::context::CreateStreamErrorKind::TimedOut
+                    && attempt < DECLARE_ATTEMPTS =>
+            {
+                tracing::warn!(stream = %name, attempt, "the stream did not answer in time, asking again");
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(SetupError(replicas_refused(
+                    &name,
+                    had,
+                    wanted,
+                    &e.to_string(),
+                )));
+            }
+        }
     }
 }
+
+/// How many times a stream is asked to take its configuration before a role gives up.
+const DECLARE_ATTEMPTS: u32 = 4;
 
 /// The message for a stream the server would not declare: with the replica counts and what to
 /// do when they are the cause.

@@ -945,7 +945,8 @@ impl NatsCluster {
         reqwest::get(url).await.ok()?.json().await.ok()
     }
 
-    /// Waits until every running node names the same JetStream meta leader; returns it.
+    /// Waits until every running node is healthy (its `/healthz`: JetStream up and current)
+    /// and names the same JetStream meta leader; returns it.
     pub async fn meta_leader(&self) -> String {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].child.is_some())
@@ -955,6 +956,11 @@ impl NatsCluster {
             async move {
                 let mut leaders = BTreeSet::new();
                 for i in running {
+                    let health = format!("http://127.0.0.1:{}/healthz", self.monitor[i]);
+                    let healthy = reqwest::get(health).await.ok()?.status().is_success();
+                    if !healthy {
+                        return None;
+                    }
                     let jsz = self.monitor(i, "/jsz").await?;
                     leaders.insert(jsz["meta_cluster"]["leader"].as_str()?.to_owned());
                 }
