@@ -379,7 +379,9 @@ async fn cleanup() -> anyhow::Result<()> {
     let prefix =
         std::env::var("PARLEY_NATS_PREFIX").context("--cleanup needs PARLEY_NATS_PREFIX")?;
     let subjects = parley_common::subjects::Subjects::new(&prefix).map_err(anyhow::Error::msg)?;
-    let nats = async_nats::connect(&url).await?;
+    let servers = parley_common::config::server_addrs(&url)
+        .map_err(|e| anyhow::anyhow!("NATS_URL is invalid: {e}"))?;
+    let nats = async_nats::connect(servers).await?;
     let js = async_nats::jetstream::new(nats);
     for stream in [
         subjects.stream_in(),

@@ -139,7 +139,11 @@ impl fmt::Display for Secret {
 /// Settings every role needs to reach NATS.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
+    /// `NATS_URL` as given: one server, or several separated by commas (the nodes of a cluster).
     pub url: String,
+    /// The servers of `url`, parsed: the client starts with any of them and moves to another
+    /// when its server goes away (it also learns the rest of a cluster from the server).
+    pub servers: Vec<async_nats::ServerAddr>,
     /// `PARLEY_NATS_PREFIX`: the first token of every subject, stream and consumer name.
     pub prefix: crate::subjects::Subjects,
     /// `NATS_CONNECT_WAIT_SECONDS` (30): how long a starting role keeps trying a NATS that does
@@ -155,14 +159,39 @@ impl NatsConfig {
                 name: "PARLEY_NATS_PREFIX",
                 reason,
             })?;
+        let url = env.string_or("NATS_URL", "nats://127.0.0.1:4222");
+        let servers = server_addrs(&url).map_err(|reason| ConfigError::Invalid {
+            name: "NATS_URL",
+            reason,
+        })?;
         Ok(Self {
-            url: env.string_or("NATS_URL", "nats://127.0.0.1:4222"),
+            url,
+            servers,
             prefix,
             connect_wait: std::time::Duration::from_secs(
                 env.parse_or("NATS_CONNECT_WAIT_SECONDS", 30)?,
             ),
         })
     }
+}
+
+/// The servers of a `NATS_URL`: one URL, or several separated by commas
+/// (`nats://10.0.0.1:4222,nats://10.0.0.2:4222`); blanks around each are ignored. async-nats
+/// reads a string as one URL, so a list is split here.
+pub fn server_addrs(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| format!("{s:?} is not a NATS server URL: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(format!("{url:?} names no server"));
+    }
+    Ok(servers)
 }
 
 /// A TCP port from `name`, or `default`.
@@ -202,6 +231,33 @@ mod tests {
         let s = env.secret("AUTH_SECRET").unwrap();
         assert_eq!(format!("{s} {s:?}"), "[redacted] [redacted]");
         assert_eq!(s.expose(), "hunter2");
+    }
+
+    #[test]
+    fn nats_url_may_list_the_servers_of_a_cluster() {
+        let env = Env::from_pairs([(
+            "NATS_URL",
+            "nats://127.0.0.1:4301, nats://127.0.0.1:4302,nats://127.0.0.1:4303",
+        )]);
+        let cfg = NatsConfig::from_env(&env).unwrap();
+        let ports: Vec<u16> = cfg.servers.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4301, 4302, 4303]);
+        let one = NatsConfig::from_env(&Env::default()).unwrap();
+        assert_eq!(one.servers.len(), 1);
+        assert_eq!(one.servers[0].port(), 4222);
+    }
+
+    #[test]
+    fn a_malformed_nats_url_is_named_with_the_bad_part() {
+        for bad in [
+            "nats://127.0.0.1:4222,http://x:1",
+            "nats://127.0.0.1:99999",
+            ",,",
+        ] {
+            let env = Env::from_pairs([("NATS_URL", bad)]);
+            let err = NatsConfig::from_env(&env).unwrap_err().to_string();
+            assert!(err.starts_with("NATS_URL is invalid"), "{bad}: {err}");
+        }
     }
 
     #[test]

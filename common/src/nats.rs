@@ -55,7 +55,7 @@ pub async fn connect(
             .request_timeout(Some(Duration::from_secs(5)))
             .reconnect_delay_callback(reconnect_delay)
             .max_reconnects(None)
-            .connect(cfg.url.as_str())
+            .connect(cfg.servers.clone())
             .await;
         match connected {
             Ok(client) => break client,
@@ -107,7 +107,7 @@ pub async fn require_supported_server(
     let Ok(client) = async_nats::ConnectOptions::new()
         .name("parley-version-check")
         .connection_timeout(Duration::from_secs(5))
-        .connect(cfg.url.as_str())
+        .connect(cfg.servers.clone())
         .await
     else {
         return Ok(());
@@ -138,6 +138,9 @@ pub const DEFAULT_PARTITIONS: u16 = 16;
 /// The most partitions a stream may have.
 pub const MAX_PARTITIONS: u16 = 1024;
 
+/// The most replicas JetStream keeps of a stream.
+pub const MAX_REPLICAS: usize = 5;
+
 impl Default for StreamSettings {
     fn default() -> Self {
         Self {
@@ -156,8 +159,18 @@ impl StreamSettings {
                 reason: format!("{partitions}: expected 1 to {MAX_PARTITIONS}"),
             });
         }
+        let replicas: usize = env.parse_or("PARLEY_STREAM_REPLICAS", 1)?;
+        if !(1..=MAX_REPLICAS).contains(&replicas) {
+            return Err(crate::config::ConfigError::Invalid {
+                name: "PARLEY_STREAM_REPLICAS",
+                reason: format!(
+                    "{replicas}: expected 1 to {MAX_REPLICAS} (JetStream's limit; 3 on a \
+                     three-node cluster, 1 on a single server)"
+                ),
+            });
+        }
         Ok(Self {
-            replicas: env.parse_or("PARLEY_STREAM_REPLICAS", 1)?,
+            replicas,
             partitions,
         })
     }
@@ -259,11 +272,7 @@ pub async fn ensure_presence_bucket(
     subjects: &Subjects,
     settings: StreamSettings,
 ) -> Result<jetstream::kv::Store, SetupError> {
-    let config = presence_bucket_config(subjects, settings);
-    let name = config.name.clone();
-    js.create_or_update_stream(config)
-        .await
-        .map_err(|e| SetupError(format!("cannot declare stream {name}: {e}")))?;
+    declare(js, presence_bucket_config(subjects, settings)).await?;
     js.get_key_value(subjects.presence_bucket())
         .await
         .map_err(|e| SetupError(format!("cannot open the presence bucket: {e}")))
@@ -295,12 +304,71 @@ pub async fn ensure_streams(
         stream_in_config(subjects, settings),
         stream_dlq_config(subjects, settings),
     ] {
-        let name = config.name.clone();
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|e| SetupError(format!("cannot declare stream {name}: {e}")))?;
+        declare(js, config).await?;
     }
     Ok(())
+}
+
+/// Creates a stream, or brings an existing one to `config`. A stream kept on another number of
+/// replicas than `PARLEY_STREAM_REPLICAS` is scaled to it (JetStream copies the data to the new
+/// replicas, or drops the extra ones); when the server refuses (more replicas than it has
+/// servers, or a single server asked for more than one) the error names both counts.
+async fn declare(js: &jetstream::Context, config: stream::Config) -> Result<(), SetupError> {
+    let name = config.name.clone();
+    let wanted = config.num_replicas;
+    let had = match js.get_stream(&name).await {
+        Ok(found) => Some(found.cached_info().config.num_replicas),
+        Err(_) => None,
+    };
+    if let Some(had) = had.filter(|&had| had != wanted) {
+        tracing::info!(stream = %name, from = had, to = wanted, "changing the stream's replica count (PARLEY_STREAM_REPLICAS)");
+    }
+    // A stream whose replicas are changing (another role scaling it at the same start) may not
+    // answer within the request timeout: ask again a few times before giving up.
+    let mut attempt = 1;
+    loop {
+        match js.create_or_update_stream(config.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if e.kind() == jetstream::context::CreateStreamErrorKind::TimedOut
+                    && attempt < DECLARE_ATTEMPTS =>
+            {
+                tracing::warn!(stream = %name, attempt, "the stream did not answer in time, asking again");
+                attempt += 1;
+            }
+            Err(e) => {
+                return Err(SetupError(replicas_refused(
+                    &name,
+                    had,
+                    wanted,
+                    &e.to_string(),
+                )));
+            }
+        }
+    }
+}
+
+/// How many times a stream is asked to take its configuration before a role gives up.
+const DECLARE_ATTEMPTS: u32 = 4;
+
+/// The message for a stream the server would not declare: with the replica counts and what to
+/// do when they are the cause.
+fn replicas_refused(name: &str, had: Option<usize>, wanted: usize, error: &str) -> String {
+    let about_replicas = error.contains("replicas") || error.contains("insufficient resources");
+    match had {
+        Some(had) if had != wanted => format!(
+            "cannot change stream {name} from {had} to {wanted} replicas \
+             (PARLEY_STREAM_REPLICAS={wanted}): {error}; every role that declares the streams \
+             (gateway, persistence) must use the same count, and a count above 1 needs a \
+             JetStream cluster with at least that many servers"
+        ),
+        _ if about_replicas && wanted > 1 => format!(
+            "cannot declare stream {name} with {wanted} replicas (PARLEY_STREAM_REPLICAS={wanted}): \
+             {error}; a count above 1 needs a JetStream cluster with at least that many servers \
+             (set PARLEY_STREAM_REPLICAS=1 on a single server)"
+        ),
+        _ => format!("cannot declare stream {name}: {error}"),
+    }
 }
 
 /// Waits until the server has processed everything `client` sent before (subscriptions above
@@ -387,6 +455,60 @@ mod tests {
         assert!(check_partitions(&before, 0, settings(16)).is_ok());
         let refused = check_partitions(&before, 3, settings(16)).unwrap_err().0;
         assert!(refused.contains("has no partitions"), "{refused}");
+    }
+
+    #[test]
+    fn replicas_from_the_environment_are_checked() {
+        use crate::config::Env;
+        let read =
+            |v: &str| StreamSettings::from_env(&Env::from_pairs([("PARLEY_STREAM_REPLICAS", v)]));
+        assert_eq!(read("3").unwrap().replicas, 3);
+        assert_eq!(
+            StreamSettings::from_env(&Env::default()).unwrap().replicas,
+            1
+        );
+        for bad in ["0", "6", "-1", "three"] {
+            let err = read(bad).unwrap_err().to_string();
+            assert!(err.contains("PARLEY_STREAM_REPLICAS"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_stream_takes_the_replica_count() {
+        let subjects = Subjects::new("parley").unwrap();
+        let three = StreamSettings {
+            replicas: 3,
+            partitions: 16,
+        };
+        for config in [
+            stream_in_config(&subjects, three),
+            stream_dlq_config(&subjects, three),
+            presence_bucket_config(&subjects, three),
+        ] {
+            assert_eq!(config.num_replicas, 3, "{}", config.name);
+        }
+    }
+
+    #[test]
+    fn a_refused_replica_count_is_explained() {
+        let changed = replicas_refused("P_IN", Some(1), 3, "insufficient resources");
+        assert!(
+            changed.contains("from 1 to 3 replicas")
+                && changed.contains("PARLEY_STREAM_REPLICAS=3"),
+            "{changed}"
+        );
+        let single = replicas_refused(
+            "P_IN",
+            None,
+            3,
+            "replicas > 1 not supported in non-clustered mode",
+        );
+        assert!(
+            single.contains("with 3 replicas") && single.contains("PARLEY_STREAM_REPLICAS=1"),
+            "{single}"
+        );
+        let other = replicas_refused("P_IN", Some(3), 3, "boom");
+        assert_eq!(other, "cannot declare stream P_IN: boom");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! ([`Process::kill`]) drops its tasks and its NATS and Postgres connections at once, like a
 //! crash, while [`Process::stop`] is the graceful SIGTERM path.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -40,6 +40,11 @@ fn nats_url() -> String {
     std::env::var("PARLEY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
+/// The servers of a NATS URL, which may list several separated by commas.
+pub fn nats_servers(url: &str) -> Vec<async_nats::ServerAddr> {
+    parley_common::config::server_addrs(url).expect("a NATS URL")
+}
+
 /// `url` with its database name replaced.
 fn with_database(url: &str, db: &str) -> String {
     let (base, query) = url
@@ -70,6 +75,12 @@ impl TestEnv {
 
     /// With extra environment settings for the roles (e.g. rate limits).
     pub async fn with_settings(extra: &[(&str, &str)]) -> Self {
+        Self::on_nats(&nats_url(), extra).await
+    }
+
+    /// On the NATS at `nats_url` (one URL, or the comma-separated URLs of a cluster) rather
+    /// than the shared test server, with extra settings for the roles.
+    pub async fn on_nats(nats_url: &str, extra: &[(&str, &str)]) -> Self {
         parley_common::telemetry::init_for_tests();
         let id = Uuid::new_v4().simple().to_string();
         let db_name = format!("parley_test_{}", &id[..16]);
@@ -95,7 +106,7 @@ impl TestEnv {
             db_name,
             database_url,
             prefix,
-            nats_url: nats_url(),
+            nats_url: nats_url.to_owned(),
             pool,
             extra: extra
                 .iter()
@@ -164,7 +175,11 @@ impl TestEnv {
     }
 
     pub async fn spawn_gateway(&self) -> Process {
-        let config = parley_gateway::GatewayConfig::from_env(&self.env()).expect("gateway config");
+        self.spawn_gateway_with(self.env()).await
+    }
+
+    pub async fn spawn_gateway_with(&self, env: Env) -> Process {
+        let config = parley_gateway::GatewayConfig::from_env(&env).expect("gateway config");
         Process::start(move |stop| async move {
             let app = parley_gateway::Application::build(config)
                 .await
@@ -212,7 +227,7 @@ impl TestEnv {
 
     /// A raw NATS client, for publishing behind the gateway's back.
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::connect(&self.nats_url)
+        async_nats::connect(nats_servers(&self.nats_url))
             .await
             .expect("connect NATS")
     }
@@ -252,7 +267,7 @@ impl Drop for TestEnv {
                     .execute(&mut admin)
                     .await;
                 }
-                if let Ok(client) = async_nats::connect(&nats).await {
+                if let Ok(client) = async_nats::connect(nats_servers(&nats)).await {
                     let js = async_nats::jetstream::new(client);
                     let _ = js.delete_stream(subjects.stream_in()).await;
                     let _ = js.delete_stream(subjects.stream_dlq()).await;
@@ -767,4 +782,209 @@ pub fn browser() -> reqwest::Client {
         .cookie_store(true)
         .build()
         .unwrap()
+}
+
+/// The pinned nats-server (2.15.1) that `./dev test` names in `PARLEY_TEST_NATS_SERVER`, for
+/// tests that run servers of their own (a cluster, a server with accounts and permissions).
+/// Fails the test, never skips it, when it is not there.
+pub fn pinned_nats_server() -> std::path::PathBuf {
+    let bin = std::env::var_os("PARLEY_TEST_NATS_SERVER").map(std::path::PathBuf::from);
+    match bin {
+        Some(bin) if bin.is_file() => bin,
+        other => panic!(
+            "PARLEY_TEST_NATS_SERVER must name the pinned nats-server binary (./dev test sets it \
+             to .dev/nats-venv/bin/nats-server; ./dev services installs it), got {other:?}"
+        ),
+    }
+}
+
+/// A private nats-server a test runs from a configuration of its own, in a fresh folder
+/// (`dir`: the configuration file, and whatever store the configuration puts there). Killed,
+/// and the folder removed, on drop.
+pub struct NatsServer {
+    /// `nats://127.0.0.1:<port>`.
+    pub url: String,
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    bin: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// A fresh folder for a server's configuration and store.
+    pub fn scratch_dir() -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("parley-nats-{}", Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("create a folder for a nats-server");
+        dir
+    }
+
+    /// Writes `config` (nats-server configuration text, which must listen on 127.0.0.1:`port`)
+    /// to `dir/nats.conf`, runs `bin -c` on it, and returns once the client port answers as NATS.
+    pub async fn start(
+        bin: &std::path::Path,
+        dir: &std::path::Path,
+        port: u16,
+        config: &str,
+    ) -> Self {
+        std::fs::write(dir.join("nats.conf"), config).expect("write nats.conf");
+        let mut server = Self {
+            url: format!("nats://127.0.0.1:{port}"),
+            port,
+            dir: dir.to_owned(),
+            bin: bin.to_owned(),
+            child: None,
+        };
+        server.run().await;
+        server
+    }
+
+    async fn run(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("nats.log"))
+            .expect("open nats.log");
+        let child = tokio::process::Command::new(&self.bin)
+            .arg("-c")
+            .arg(self.dir.join("nats.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
+        self.child = Some(child);
+        let port = self.port;
+        eventually(|| async move {
+            // NATS greets every client with INFO.
+            let mut conn = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            let mut buf = [0u8; 4];
+            tokio::io::AsyncReadExt::read_exact(&mut conn, &mut buf)
+                .await
+                .ok()?;
+            (&buf == b"INFO").then_some(())
+        })
+        .await;
+    }
+
+    /// SIGKILL: the server ends now, its connections reset.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().expect("kill nats-server");
+            let _ = child.wait().await;
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A JetStream cluster of private nats-servers on loopback (the pinned binary), routed to each
+/// other, each with its store in its own folder and a monitoring port.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsServer>,
+    /// `n1`, `n2`, ...: each node's `server_name`, which JetStream reports as a leader.
+    pub names: Vec<String>,
+    monitor: Vec<u16>,
+}
+
+impl NatsCluster {
+    /// `size` nodes, returned once every one reports the same JetStream meta leader.
+    pub async fn start(size: usize) -> Self {
+        let bin = pinned_nats_server();
+        let ports: Vec<(u16, u16, u16)> = (0..size)
+            .map(|_| (free_port(), free_port(), free_port()))
+            .collect();
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, route, _)| format!("nats-route://127.0.0.1:{route}"))
+            .collect();
+        let cluster = format!("parley-test-{}", &Uuid::new_v4().simple().to_string()[..8]);
+        let mut nodes = Vec::new();
+        let mut names = Vec::new();
+        for (i, (client, route, monitor)) in ports.iter().enumerate() {
+            let name = format!("n{}", i + 1);
+            let dir = NatsServer::scratch_dir();
+            let config = format!(
+                "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                 jetstream {{ store_dir: {store:?} }}\n\
+                 cluster {{ name: {cluster}, listen: 127.0.0.1:{route}, routes: [{routes}] }}\n",
+                store = dir.join("js").display().to_string(),
+                routes = routes.join(", "),
+            );
+            nodes.push(NatsServer::start(&bin, &dir, *client, &config).await);
+            names.push(name);
+        }
+        let cluster = Self {
+            nodes,
+            names,
+            monitor: ports.iter().map(|p| p.2).collect(),
+        };
+        cluster.meta_leader().await;
+        cluster
+    }
+
+    /// Every node's URL, comma-separated: a `NATS_URL`.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.url.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A monitoring endpoint of node `i` (`/jsz`, `/connz`...), as JSON.
+    pub async fn monitor(&self, i: usize, path: &str) -> Option<Value> {
+        let url = format!("http://127.0.0.1:{}{path}", self.monitor[i]);
+        reqwest::get(url).await.ok()?.json().await.ok()
+    }
+
+    /// Waits until every running node is healthy (its `/healthz`: JetStream up and current)
+    /// and names the same JetStream meta leader; returns it.
+    pub async fn meta_leader(&self) -> String {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect();
+        eventually(|| {
+            let running = running.clone();
+            async move {
+                let mut leaders = BTreeSet::new();
+                for i in running {
+                    let health = format!("http://127.0.0.1:{}/healthz", self.monitor[i]);
+                    let healthy = reqwest::get(health).await.ok()?.status().is_success();
+                    if !healthy {
+                        return None;
+                    }
+                    let jsz = self.monitor(i, "/jsz").await?;
+                    leaders.insert(jsz["meta_cluster"]["leader"].as_str()?.to_owned());
+                }
+                (leaders.len() == 1).then(|| leaders.pop_first().expect("one"))
+            }
+        })
+        .await
+    }
+
+    /// The names of the nodes holding a client connection called `name` (`/connz`).
+    pub async fn nodes_with_client(&self, name: &str) -> Vec<String> {
+        let mut found = Vec::new();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() {
+                continue;
+            }
+            let Some(connz) = self.monitor(i, "/connz?limit=1024").await else {
+                continue;
+            };
+            let conns = connz["connections"].as_array().cloned().unwrap_or_default();
+            if conns.iter().any(|c| c["name"] == name) {
+                found.push(self.names[i].clone());
+            }
+        }
+        found
+    }
 }

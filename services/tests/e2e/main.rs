@@ -5,6 +5,7 @@ mod accounts;
 mod bench;
 mod binary;
 mod chat;
+mod cluster;
 mod deploy;
 mod faults;
 mod helpers;
