@@ -142,10 +142,27 @@ pub struct NatsConfig {
     pub url: String,
     /// `PARLEY_NATS_PREFIX`: the first token of every subject, stream and consumer name.
     pub prefix: crate::subjects::Subjects,
+    /// Who the connection is to the broker (`NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN`,
+    /// `NATS_CREDS` or `NATS_NKEY`, each also as `PARLEY_<ROLE>_NATS_*`).
+    pub credentials: crate::nats_auth::NatsCredentials,
+    /// The role connecting, when there is one: it picks the role's own credentials and inbox.
+    pub role: Option<crate::nats_auth::BrokerRole>,
 }
 
 impl NatsConfig {
+    /// The settings of `role`: its own `PARLEY_<ROLE>_NATS_*` credentials ahead of `NATS_*`
+    /// (docs/operations.md, "Broker credentials and permissions").
+    pub fn for_role(env: &Env, role: crate::nats_auth::BrokerRole) -> Result<Self, ConfigError> {
+        Self::read(env, Some(role))
+    }
+
+    /// The settings of a connection that is no role's (tools, tests): the generic `NATS_*`
+    /// credentials and the default inbox.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::read(env, None)
+    }
+
+    fn read(env: &Env, role: Option<crate::nats_auth::BrokerRole>) -> Result<Self, ConfigError> {
         let prefix = env.string_or("PARLEY_NATS_PREFIX", "parley");
         let prefix =
             crate::subjects::Subjects::new(&prefix).map_err(|reason| ConfigError::Invalid {
@@ -155,6 +172,8 @@ impl NatsConfig {
         Ok(Self {
             url: env.string_or("NATS_URL", "nats://127.0.0.1:4222"),
             prefix,
+            credentials: crate::nats_auth::NatsCredentials::from_env(env, role)?,
+            role,
         })
     }
 }

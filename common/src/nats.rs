@@ -27,7 +27,7 @@ pub async fn connect(
 ) -> Result<async_nats::Client, SetupError> {
     let reconnects = crate::metrics::nats_reconnects(role);
     let lost = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let client = async_nats::ConnectOptions::new()
+    let client = crate::nats_auth::apply(async_nats::ConnectOptions::new(), cfg)
         .name(name)
         .event_callback(move |event| {
             let (reconnects, lost) = (reconnects.clone(), lost.clone());
@@ -64,7 +64,7 @@ pub async fn connect(
 pub async fn require_supported_server(
     cfg: &NatsConfig,
 ) -> Result<(), crate::nats_version::NatsTooOld> {
-    let Ok(client) = async_nats::ConnectOptions::new()
+    let Ok(client) = crate::nats_auth::apply(async_nats::ConnectOptions::new(), cfg)
         .name("parley-version-check")
         .connection_timeout(Duration::from_secs(5))
         .connect(cfg.url.as_str())
