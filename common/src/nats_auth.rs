@@ -116,12 +116,21 @@ pub enum NatsCredentials {
     /// No credentials: a broker without authorization (or one with a `no_auth_user`).
     #[default]
     None,
-    UserPassword { user: String, password: Secret },
+    UserPassword {
+        user: String,
+        password: Secret,
+    },
     Token(Secret),
     /// The contents of a `.creds` file (a user JWT and its nkey seed), read at start.
-    Creds { path: String, contents: Secret },
+    Creds {
+        path: String,
+        contents: Secret,
+    },
     /// An nkey seed, read at start from a file.
-    Nkey { path: String, seed: Secret },
+    Nkey {
+        path: String,
+        seed: Secret,
+    },
 }
 
 impl NatsCredentials {
@@ -171,7 +180,11 @@ impl NatsCredentials {
         };
         Ok(match (user, password, token, creds, nkey) {
             (Some(user), Some(password), ..) => NatsCredentials::UserPassword { user, password },
-            (Some(_), None, ..) => return Err(ConfigError::Missing { name: vars.password }),
+            (Some(_), None, ..) => {
+                return Err(ConfigError::Missing {
+                    name: vars.password,
+                });
+            }
             (None, Some(_), ..) => return Err(ConfigError::Missing { name: vars.user }),
             (_, _, Some(token), ..) => NatsCredentials::Token(token),
             (_, _, _, Some(path), _) => {
@@ -449,7 +462,11 @@ mod tests {
             err(&[("PARLEY_GATEWAY_NATS_PASSWORD", "x")]),
             "PARLEY_GATEWAY_NATS_USER is required but not set"
         );
-        let both = err(&[("NATS_USER", "u"), ("NATS_PASSWORD", "p"), ("NATS_TOKEN", "t")]);
+        let both = err(&[
+            ("NATS_USER", "u"),
+            ("NATS_PASSWORD", "p"),
+            ("NATS_TOKEN", "t"),
+        ]);
         assert!(
             both.starts_with("NATS_TOKEN is invalid: set together with NATS_USER"),
             "{both}"
@@ -489,7 +506,10 @@ mod tests {
     fn passwords_and_tokens_never_print() {
         let env = Env::from_pairs([("NATS_USER", "gateway"), ("NATS_PASSWORD", "hunter2")]);
         let shown = format!("{:?}", NatsCredentials::from_env(&env, None).unwrap());
-        assert!(shown.contains("gateway") && !shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("gateway") && !shown.contains("hunter2"),
+            "{shown}"
+        );
         let env = Env::from_pairs([("NATS_TOKEN", "s3cret-token")]);
         let shown = format!("{:?}", NatsCredentials::from_env(&env, None).unwrap());
         assert!(!shown.contains("s3cret"), "{shown}");
@@ -501,7 +521,8 @@ mod tests {
         let gateway = permissions(&s, BrokerRole::Gateway);
         let persistence = permissions(&s, BrokerRole::Persistence);
         let auth = permissions(&s, BrokerRole::Auth);
-        let consumes = |p: &Permissions| p.publish.iter().any(|s| s.contains("CONSUMER.*.PARLEY_IN"));
+        let consumes =
+            |p: &Permissions| p.publish.iter().any(|s| s.contains("CONSUMER.*.PARLEY_IN"));
         assert!(consumes(&persistence) && !consumes(&gateway) && !consumes(&auth));
         let answers = |p: &Permissions| p.subscribe.contains(&"parley.rpc.auth.*".to_owned());
         assert!(answers(&auth) && !answers(&gateway) && !answers(&persistence));
@@ -510,8 +531,17 @@ mod tests {
         assert!(gateway.publish.contains(&"parley.in.*.*".to_owned()));
         assert!(!persistence.publish.contains(&"parley.in.*.*".to_owned()));
         assert!(!gateway.allow_responses && persistence.allow_responses && auth.allow_responses);
-        assert!(gateway.subscribe.contains(&"_INBOX.parley.gateway.>".to_owned()));
-        assert!(!gateway.subscribe.iter().any(|s| s.contains("persistence") || s == "_INBOX.>"));
+        assert!(
+            gateway
+                .subscribe
+                .contains(&"_INBOX.parley.gateway.>".to_owned())
+        );
+        assert!(
+            !gateway
+                .subscribe
+                .iter()
+                .any(|s| s.contains("persistence") || s == "_INBOX.>")
+        );
     }
 
     /// The rendered files in deploy/nats/ are what the code renders today: regenerate them with
