@@ -45,7 +45,7 @@ impl AuthConfig {
                 name: "DATABASE_URL",
             })?,
             pool_size: env.parse_or("DATABASE_POOL_SIZE", 10)?,
-            nats: NatsConfig::from_env(env)?,
+            nats: NatsConfig::for_role(env, parley_common::nats_auth::BrokerRole::Auth)?,
             issuer: env.string_or("AUTH_ISSUER", DEFAULT_ISSUER),
             audience: env.string_or("AUTH_AUDIENCE", DEFAULT_AUDIENCE),
             access_ttl: Duration::from_secs(env.parse_or("AUTH_ACCESS_TTL_SECONDS", 900)?),

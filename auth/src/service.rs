@@ -11,7 +11,7 @@ use crate::accounts::{self, AuthContext};
 use crate::api::{AuthOp, RevokedReply, RevokedRequest, RevokedSession};
 use crate::error::{Error, Result};
 
-pub const SERVICE_NAME: &str = "parley-auth";
+pub const SERVICE_NAME: &str = parley_common::nats_auth::BrokerRole::Auth.service_name();
 
 /// Requests in hand at once; password hashing is the expensive part, on the blocking pool.
 const MAX_CONCURRENT_REQUESTS: usize = 64;

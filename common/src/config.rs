@@ -149,10 +149,27 @@ pub struct NatsConfig {
     /// `NATS_CONNECT_WAIT_SECONDS` (30): how long a starting role keeps trying a NATS that does
     /// not answer yet (it may be starting too) before it gives up; 0 gives up at once.
     pub connect_wait: std::time::Duration,
+    /// Who the connection is to the broker (`NATS_USER`/`NATS_PASSWORD`, `NATS_TOKEN`,
+    /// `NATS_CREDS` or `NATS_NKEY`, each also as `PARLEY_<ROLE>_NATS_*`).
+    pub credentials: crate::nats_auth::NatsCredentials,
+    /// The role connecting, when there is one: it picks the role's own credentials and inbox.
+    pub role: Option<crate::nats_auth::BrokerRole>,
 }
 
 impl NatsConfig {
+    /// The settings of `role`: its own `PARLEY_<ROLE>_NATS_*` credentials ahead of `NATS_*`
+    /// (docs/operations.md, "Broker credentials and permissions").
+    pub fn for_role(env: &Env, role: crate::nats_auth::BrokerRole) -> Result<Self, ConfigError> {
+        Self::read(env, Some(role))
+    }
+
+    /// The settings of a connection that is no role's (tools, tests): the generic `NATS_*`
+    /// credentials and the default inbox.
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Self::read(env, None)
+    }
+
+    fn read(env: &Env, role: Option<crate::nats_auth::BrokerRole>) -> Result<Self, ConfigError> {
         let prefix = env.string_or("PARLEY_NATS_PREFIX", "parley");
         let prefix =
             crate::subjects::Subjects::new(&prefix).map_err(|reason| ConfigError::Invalid {
@@ -171,6 +188,8 @@ impl NatsConfig {
             connect_wait: std::time::Duration::from_secs(
                 env.parse_or("NATS_CONNECT_WAIT_SECONDS", 30)?,
             ),
+            credentials: crate::nats_auth::NatsCredentials::from_env(env, role)?,
+            role,
         })
     }
 }

@@ -12,6 +12,8 @@
 //! - [`wire`]: the JSON shapes of DESIGN §4 and §6, and the commands carried over JetStream.
 //! - [`rpc`]: the request/reply envelope used over NATS and echoed to clients.
 //! - [`nats`]: connecting, and creating the JetStream streams idempotently.
+//! - [`nats_auth`]: each role's broker credentials, and the permissions the broker gives it
+//!   (rendered as the nats-server authorization block).
 //! - [`nats_version`]: the oldest NATS server Parley runs on (2.11), checked at connect.
 //! - [`service`]: running a NATS request/reply service with bounded concurrency.
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` on each role's admin port.
@@ -26,6 +28,7 @@ pub mod domain;
 pub mod http_server;
 pub mod metrics;
 pub mod nats;
+pub mod nats_auth;
 pub mod nats_version;
 pub mod rpc;
 pub mod service;

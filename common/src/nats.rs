@@ -32,7 +32,7 @@ pub async fn connect(
     let mut attempt = 0;
     let client = loop {
         let (reconnects, lost) = (reconnects.clone(), lost.clone());
-        let connected = async_nats::ConnectOptions::new()
+        let connected = crate::nats_auth::apply(async_nats::ConnectOptions::new(), cfg)
             .name(name)
             .event_callback(move |event| {
                 let (reconnects, lost) = (reconnects.clone(), lost.clone());
@@ -104,7 +104,7 @@ pub fn reconnect_delay(attempts: usize) -> Duration {
 pub async fn require_supported_server(
     cfg: &NatsConfig,
 ) -> Result<(), crate::nats_version::NatsTooOld> {
-    let Ok(client) = async_nats::ConnectOptions::new()
+    let Ok(client) = crate::nats_auth::apply(async_nats::ConnectOptions::new(), cfg)
         .name("parley-version-check")
         .connection_timeout(Duration::from_secs(5))
         .connect(cfg.servers.clone())

@@ -168,6 +168,37 @@ impl Subjects {
         format!("{}_PRESENCE", self.upper)
     }
 
+    /// `KV_{P}_PRESENCE`: the stream behind the presence bucket.
+    pub fn presence_stream(&self) -> String {
+        format!("KV_{}", self.presence_bucket())
+    }
+
+    /// `$KV.{P}_PRESENCE.>`: every key of the presence bucket, as the stream stores it.
+    pub fn presence_keys(&self) -> String {
+        format!("$KV.{}.>", self.presence_bucket())
+    }
+
+    /// `{p}.out.user.*`: every user's delivery subject.
+    pub fn out_user_all(&self) -> String {
+        format!("{}.out.user.*", self.prefix)
+    }
+
+    /// `{p}.rpc.chat.*`: every operation of the persistence service.
+    pub fn rpc_chat_all(&self) -> String {
+        format!("{}.rpc.chat.*", self.prefix)
+    }
+
+    /// `{p}.rpc.auth.*`: every operation of the auth service.
+    pub fn rpc_auth_all(&self) -> String {
+        format!("{}.rpc.auth.*", self.prefix)
+    }
+
+    /// `_INBOX.{p}.<role>`: where the replies to one role's requests (core and JetStream) come
+    /// back, so the broker can keep each role's replies from the others (docs/operations.md).
+    pub fn inbox_prefix(&self, role: &str) -> String {
+        format!("_INBOX.{}.{role}", self.prefix)
+    }
+
     /// `{p}.dlq`: commands that can never succeed.
     pub fn dlq(&self) -> String {
         format!("{}.dlq", self.prefix)

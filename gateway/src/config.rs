@@ -158,7 +158,7 @@ impl GatewayConfig {
         Ok(Self {
             port: port(env, "PORT", 3000)?,
             host: env.string_or("HOST", "0.0.0.0"),
-            nats: NatsConfig::from_env(env)?,
+            nats: NatsConfig::for_role(env, parley_common::nats_auth::BrokerRole::Gateway)?,
             streams: StreamSettings::from_env(env)?,
             auth: VerifierConfig::from_env(env)?,
             limits,

@@ -62,7 +62,7 @@ impl PersistenceConfig {
                 name: "DATABASE_URL",
             })?,
             pool_size,
-            nats: NatsConfig::from_env(env)?,
+            nats: NatsConfig::for_role(env, parley_common::nats_auth::BrokerRole::Persistence)?,
             streams: StreamSettings::from_env(env)?,
             batch_size,
             max_ack_pending: 20_000,

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 /// Requests handled at once by one replica; more wait in NATS.
 const MAX_CONCURRENT_REQUESTS: usize = 256;
 
-pub const SERVICE_NAME: &str = "parley-persistence";
+pub const SERVICE_NAME: &str = parley_common::nats_auth::BrokerRole::Persistence.service_name();
 
 /// The service with its endpoints subscribed, ready to [`ChatService::run`].
 pub struct ChatService {

@@ -44,6 +44,14 @@ pub enum Role {
     /// Ask the admin port on this host (ADMIN_PORT) whether the role is ready: exit 0 when
     /// `/readyz` answers 200, else 1. For container healthchecks in an image without curl.
     Probe,
+    /// Print the nats-server authorization block for PARLEY_NATS_PREFIX: one user per role,
+    /// held to the subjects it uses (docs/operations.md). deploy/nats/ ships it rendered.
+    NatsConfig {
+        /// Add a user allowed everything, which clients without credentials become
+        /// (`no_auth_user`): for a development server that tests and tools share.
+        #[arg(long)]
+        dev: bool,
+    },
 }
 
 /// The exit code for a missing or malformed setting, or a NATS server too old (EX_USAGE).
@@ -61,6 +69,18 @@ fn main() -> ExitCode {
             Ok(_) => {
                 let read: Vec<String> = env.names_read();
                 println!("{}", serde_json::json!({ "ok": true, "read": read }));
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_error(&e),
+        };
+    }
+    if let Role::NatsConfig { dev } = cli.role {
+        return match parley_common::config::NatsConfig::from_env(&env) {
+            Ok(nats) => {
+                print!(
+                    "{}",
+                    parley_common::nats_auth::render_server_config(&nats.prefix, dev)
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => config_error(&e),
@@ -109,7 +129,9 @@ impl Role {
             Role::Persistence => "parley-persistence",
             Role::Auth => "parley-auth",
             Role::All => "parley",
-            Role::Migrate | Role::RotateKey | Role::Probe => "parley-admin",
+            Role::Migrate | Role::RotateKey | Role::Probe | Role::NatsConfig { .. } => {
+                "parley-admin"
+            }
         }
     }
 }

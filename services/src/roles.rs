@@ -82,7 +82,7 @@ impl Config {
                 auth: AuthConfig::from_env(env)?,
             },
             // Answered in main, before anything starts.
-            Role::Probe => Config::Probe {
+            Role::Probe | Role::NatsConfig { .. } => Config::Probe {
                 admin_port: admin_port()?,
             },
             Role::Migrate => Config::Migrate {

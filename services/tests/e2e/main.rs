@@ -4,6 +4,7 @@
 mod accounts;
 mod bench;
 mod binary;
+mod broker_auth;
 mod chat;
 mod cluster;
 mod deploy;
