@@ -265,3 +265,79 @@ async fn a_stored_command_that_fails_checks_is_dead_lettered_and_its_sender_told
     assert!(reason.contains("NUL"), "{reason}");
     assert!(env.stored(&conv).await.is_empty());
 }
+
+/// NATS itself killed -9 and started again two seconds later, on its own store, under open
+/// sockets: while it is away a send is answered `unavailable` (and the client retries it); once
+/// it is back every socket is told `server:resync` (deliveries announced meanwhile may have
+/// missed it), the retried send is stored once and delivered, and typing and presence work
+/// again.
+#[tokio::test]
+async fn nats_killed_and_restarted_under_open_sockets_resyncs_them_and_everything_comes_back() {
+    use crate::helpers::{NatsServer, free_port, pinned_nats_server};
+    let (bin, dir, port) = (pinned_nats_server(), NatsServer::scratch_dir(), free_port());
+    let config = format!(
+        "listen: 127.0.0.1:{port}\njetstream {{ store_dir: {:?} }}\n",
+        dir.join("js").display().to_string()
+    );
+    let mut nats = NatsServer::start(&bin, &dir, port, &config).await;
+    let env = TestEnv::on_nats(&nats.url, &[]).await;
+    let _persistence = env.spawn_persistence().await;
+    let gw = env.spawn_gateway().await;
+    let mut alice = env.connect(&gw, "alice").await;
+    let mut bob = env.connect(&gw, "bob").await;
+    let conv = alice.open_dm("bob").await;
+    let first = alice
+        .send_message(&conv, "before", "before the outage")
+        .await;
+    assert_eq!(first["ok"], true, "{first}");
+    bob.wait_for(|f| f["type"] == "message:new" && f["data"]["seq"] == 1)
+        .await;
+
+    nats.kill().await;
+    let send = json!({"conversationId": conv, "clientMsgId": "during", "content": "during"});
+    let refused = alice.request("message:send", send.clone()).await;
+    assert_eq!(refused["error"]["code"], "unavailable", "{refused}");
+
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    nats.restart().await;
+    // Every socket, still open, is told to sync.
+    alice.wait_for(|f| f["type"] == "server:resync").await;
+    bob.wait_for(|f| f["type"] == "server:resync").await;
+
+    // The client retries its send with the same clientMsgId until it is accepted.
+    let mut accepted = Value::Null;
+    for _ in 0..100 {
+        accepted = alice.request("message:send", send.clone()).await;
+        if accepted["ok"] == true {
+            break;
+        }
+        assert_eq!(accepted["error"]["code"], "unavailable", "{accepted}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(accepted["ok"], true, "{accepted}");
+    let delivered = bob
+        .wait_for(|f| f["type"] == "message:new" && f["data"]["clientMsgId"] == "during")
+        .await;
+    assert_eq!(delivered["data"]["seq"], 2);
+    let stored = eventually(|| {
+        let env = &env;
+        let conv = conv.clone();
+        async move {
+            let rows = env.stored(&conv).await;
+            (rows.len() == 2).then_some(rows)
+        }
+    })
+    .await;
+    assert_eq!(stored[1].2, "during", "stored once, in order: {stored:?}");
+
+    // Typing and presence run over the broker too: they are back.
+    alice
+        .send_frame(&json!({"type": "typing", "data": {"conversationId": conv, "isTyping": true}}))
+        .await;
+    let typing = bob.wait_for(|f| f["type"] == "typing").await;
+    assert_eq!(typing["data"]["userId"], "alice");
+    let presence = bob
+        .request("presence:get", json!({"userIds": ["alice"]}))
+        .await;
+    assert_eq!(presence["presence"][0]["online"], true, "{presence}");
+}

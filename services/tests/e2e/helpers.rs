@@ -867,6 +867,12 @@ impl NatsServer {
         .await;
     }
 
+    /// Starts the server again on its port, configuration and store (after [`Self::kill`]).
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "the server is still running");
+        self.run().await;
+    }
+
     /// SIGKILL: the server ends now, its connections reset.
     pub async fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
