@@ -274,7 +274,7 @@ impl DependencyRetry {
     pub(crate) fn note(&self, error: &dyn std::fmt::Display, what: &str) {
         if self.attempts == 0 {
             tracing::info!(error = %error, "{what}; retrying");
-        } else if self.attempts % 10 == 0 {
+        } else if self.attempts.is_multiple_of(10) {
             tracing::warn!(error = %error, attempts = self.attempts, "{what}; still retrying");
         } else {
             tracing::debug!(error = %error, "{what}");
