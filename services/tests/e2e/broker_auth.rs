@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 
-use crate::helpers::{PATIENCE, TestEnv, WsClient, eventually, free_port};
+use crate::helpers::{PATIENCE, TestEnv, WsClient, eventually, free_port, nats_answers};
 
 /// The pinned nats-server `./dev test` names; the test fails, never skips, without it.
 fn nats_server() -> PathBuf {
@@ -64,13 +64,7 @@ impl SecuredNats {
             cmd.env(role.password_var(), password);
         }
         let child = cmd.spawn().expect("start the pinned nats-server");
-        eventually(|| async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(drop)
-        })
-        .await;
+        nats_answers(port).await;
         Self {
             url: format!("nats://127.0.0.1:{port}"),
             monitor,

@@ -798,6 +798,19 @@ pub fn pinned_nats_server() -> std::path::PathBuf {
     }
 }
 
+/// Waits until a nats-server answers on loopback `port` (NATS greets every client with INFO).
+pub async fn nats_answers(port: u16) {
+    eventually(|| async move {
+        let mut conn = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        let mut buf = [0u8; 4];
+        tokio::io::AsyncReadExt::read_exact(&mut conn, &mut buf)
+            .await
+            .ok()?;
+        (&buf == b"INFO").then_some(())
+    })
+    .await;
+}
+
 /// A private nats-server a test runs from a configuration of its own, in a fresh folder
 /// (`dir`: the configuration file, and whatever store the configuration puts there). Killed,
 /// and the folder removed, on drop.
@@ -854,17 +867,7 @@ impl NatsServer {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", self.bin.display()));
         self.child = Some(child);
-        let port = self.port;
-        eventually(|| async move {
-            // NATS greets every client with INFO.
-            let mut conn = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-            let mut buf = [0u8; 4];
-            tokio::io::AsyncReadExt::read_exact(&mut conn, &mut buf)
-                .await
-                .ok()?;
-            (&buf == b"INFO").then_some(())
-        })
-        .await;
+        nats_answers(self.port).await;
     }
 
     /// Starts the server again on its port, configuration and store (after [`Self::kill`]).

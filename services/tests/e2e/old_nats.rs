@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
-use crate::helpers::{PATIENCE, TestEnv, eventually, free_port};
+use crate::helpers::{PATIENCE, TestEnv, free_port, nats_answers};
 
 /// Debian's nats-server, or whichever `nats-server` is on `PATH`, as long as it is older than
 /// 2.11. Fails the test, never skips it, when there is none.
@@ -58,13 +58,7 @@ impl OldNats {
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
-        eventually(|| async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .ok()
-                .map(drop)
-        })
-        .await;
+        nats_answers(port).await;
         Self {
             url: format!("nats://127.0.0.1:{port}"),
             version,
