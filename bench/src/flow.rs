@@ -245,6 +245,11 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // What every message cost, from the first send until the last was acknowledged and
+    // delivered (a load the system cannot keep up with is still paid for in full).
+    let cpu_done = CpuSample::take(ctx.gateway_pid(), &ctx.persistence_pids());
+    report.cpu_us_per_message =
+        system::micros_per_message(&cpu_done.seconds_since(&cpu_before), sent);
     // A little longer, so a duplicate that would follow is seen too.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let lag = match lag {

@@ -19,6 +19,9 @@ pub struct Report {
     pub figures: Vec<Figure>,
     /// Cores each part of the system used while the load ran (1.0 = one core busy).
     pub cpu_cores: BTreeMap<String, f64>,
+    /// CPU microseconds each part spent per message, from the start of the load until every
+    /// message was acknowledged and delivered (`total`: the system under test, not the bench).
+    pub cpu_us_per_message: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -37,6 +40,7 @@ impl Report {
             problems: Vec::new(),
             figures: Vec::new(),
             cpu_cores: BTreeMap::new(),
+            cpu_us_per_message: BTreeMap::new(),
         }
     }
 
@@ -96,6 +100,14 @@ impl Report {
                 .map(|(k, v)| format!("{k} {v:.2}"))
                 .collect();
             let _ = writeln!(out, "   {:<width$}  {}", "cpu cores", cores.join(", "));
+        }
+        if !self.cpu_us_per_message.is_empty() {
+            let per: Vec<String> = self
+                .cpu_us_per_message
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.0}"))
+                .collect();
+            let _ = writeln!(out, "   {:<width$}  {}", "cpu µs/message", per.join(", "));
         }
         for p in &self.problems {
             let _ = writeln!(out, "   ! {p}");

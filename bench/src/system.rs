@@ -464,6 +464,17 @@ impl CpuSample {
         }
     }
 
+    /// CPU seconds each part used between `earlier` and this sample.
+    pub fn seconds_since(&self, earlier: &CpuSample) -> BTreeMap<String, f64> {
+        self.seconds
+            .iter()
+            .map(|(k, v)| {
+                let before = earlier.seconds.get(k).copied().unwrap_or(0.0);
+                (k.clone(), (v - before).max(0.0))
+            })
+            .collect()
+    }
+
     /// Cores used by each part between `earlier` and this sample (1.0 = one core busy).
     /// Postgres backends that ended in between are not counted.
     pub fn cores_since(&self, earlier: &CpuSample) -> BTreeMap<String, f64> {
@@ -481,9 +492,51 @@ impl CpuSample {
     }
 }
 
+/// CPU microseconds per message of each part, from the CPU seconds each used while
+/// `messages` went through, and their sum over the system under test as `total` (the bench's
+/// own CPU, the load generator's, is shown but not counted in it). Empty for no messages.
+pub fn micros_per_message(seconds: &BTreeMap<String, f64>, messages: u64) -> BTreeMap<String, f64> {
+    if messages == 0 {
+        return BTreeMap::new();
+    }
+    let per = |s: f64| (s * 1e6 / messages as f64 * 10.0).round() / 10.0;
+    let mut out: BTreeMap<String, f64> = seconds
+        .iter()
+        // `persistence 1`, `persistence 2`, ... are parts of `persistence`.
+        .map(|(k, s)| (k.clone(), per(*s)))
+        .collect();
+    let total: f64 = seconds
+        .iter()
+        .filter(|(k, _)| *k != "bench" && !k.starts_with("persistence "))
+        .map(|(_, s)| *s)
+        .sum();
+    out.insert("total".into(), per(total));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn micros_per_message_divide_each_parts_cpu_and_total_the_system_under_test() {
+        let seconds = BTreeMap::from([
+            ("gateway".to_owned(), 0.27),
+            ("persistence".to_owned(), 0.2),
+            ("persistence 1".to_owned(), 0.12),
+            ("persistence 2".to_owned(), 0.08),
+            ("nats".to_owned(), 0.25),
+            ("postgres".to_owned(), 0.28),
+            ("bench".to_owned(), 0.5),
+        ]);
+        let per = micros_per_message(&seconds, 2_000);
+        assert_eq!(per["gateway"], 135.0);
+        assert_eq!(per["persistence 1"], 60.0);
+        assert_eq!(per["bench"], 250.0);
+        // gateway + persistence + nats + postgres; not the bench, not the replicas twice.
+        assert_eq!(per["total"], 500.0);
+        assert!(micros_per_message(&seconds, 0).is_empty());
+    }
 
     #[test]
     fn per_partition_reads_each_partitions_value_of_one_gauge() {
