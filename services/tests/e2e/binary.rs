@@ -58,6 +58,27 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
     let env = TestEnv::new().await;
     let (port, admin) = (free_port(), free_port());
     let mut child = spawn_all(&env, port, admin).await;
+    // The log, read as it is written, so the test can wait for a line before it goes on.
+    let log: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+    let reader = tokio::spawn({
+        let log = log.clone();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        async move {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                log.lock().unwrap().push(line);
+            }
+        }
+    });
+    let logged = |what: &'static str| {
+        let log = log.clone();
+        async move {
+            eventually(|| {
+                let found = log.lock().unwrap().iter().any(|l| l.contains(what));
+                async move { found.then_some(()) }
+            })
+            .await
+        }
+    };
     let http = reqwest::Client::new();
     let ready = eventually(|| {
         let http = http.clone();
@@ -106,6 +127,11 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
         "no reason told: {body}"
     );
 
+    // What the log must say by now: the refusal's reason, and the auth role's keys fetched by
+    // the gateway (both are written by tasks of their own, so wait for them).
+    logged("refused a token").await;
+    logged("JWKS fetched").await;
+
     // SIGTERM: the client is told to reconnect, the socket closes, the process exits 0.
     let pid = child.id().expect("pid");
     let killed = std::process::Command::new("kill")
@@ -123,16 +149,15 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
     assert!(status.success(), "{status}");
 
     // Logs are JSON and never carry the token or the message text.
+    reader.await.unwrap();
+    let logs_lines = std::mem::take(&mut *log.lock().unwrap());
     let mut logs = String::new();
-    let mut logs_lines = Vec::new();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    while let Some(line) = lines.next_line().await.unwrap() {
+    for line in &logs_lines {
         assert!(
-            serde_json::from_str::<serde_json::Value>(&line).is_ok(),
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
             "not JSON: {line}"
         );
-        logs.push_str(&line);
-        logs_lines.push(line);
+        logs.push_str(line);
     }
     assert!(logs.contains("gateway listening"), "{logs}");
     // Start-up order: the gateway's first request for the auth role's keys was answered (the
