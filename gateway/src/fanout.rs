@@ -55,6 +55,21 @@ struct Sink {
     revoked: CancellationToken,
 }
 
+impl Sink {
+    /// Queues `frame` for the socket; one whose queue is full is closed as slow. True when the
+    /// socket took it.
+    fn hand(&self, frame: Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.slow.cancel();
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
 /// One socket's place in the fan-out. Dropping it detaches the socket; the last socket of a
 /// user to go ends the user's subscription.
 pub struct Attachment {
@@ -268,11 +283,7 @@ impl Fanout {
         let mut handed = 0;
         for entry in users.values() {
             for sink in entry.sockets.read().expect("sockets lock").iter() {
-                match sink.tx.try_send(payload.clone()) {
-                    Ok(()) => handed += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => sink.slow.cancel(),
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
-                }
+                handed += usize::from(sink.hand(payload.clone()));
             }
         }
         handed
@@ -298,11 +309,7 @@ fn forward(entry: &UserEntry, msg: &async_nats::Message, metrics: &GatewayMetric
     let sockets = entry.sockets.read().expect("sockets lock");
     let mut handed = 0u64;
     for sink in sockets.iter() {
-        match sink.tx.try_send(msg.payload.clone()) {
-            Ok(()) => handed += 1,
-            Err(mpsc::error::TrySendError::Full(_)) => sink.slow.cancel(),
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
-        }
+        handed += u64::from(sink.hand(msg.payload.clone()));
     }
     if let Some(span) = &span {
         span.record("sockets", handed);
