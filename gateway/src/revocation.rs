@@ -129,8 +129,9 @@ fn now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
-/// Subscribes to the announcements (before returning, so none after start-up is missed), starts
-/// loading the sessions revoked before start (retried quickly while the auth role is starting),
+/// Subscribes to the announcements (before returning, so none after start-up is missed), loads
+/// the sessions revoked before start (once before returning; then, if the auth role did not
+/// answer, again in the background, quickly while it is starting),
 /// and handles announcements until the returned task is aborted.
 pub async fn watch(state: AppState) -> Result<tokio::task::JoinHandle<()>> {
     let nats = state.js.client();
@@ -141,12 +142,20 @@ pub async fn watch(state: AppState) -> Result<tokio::task::JoinHandle<()>> {
     parley_common::nats::round_trip(&nats)
         .await
         .map_err(|e| Error::Nats(e.to_string()))?;
+    // The first attempt before serving, so a gateway whose auth role answers never takes a
+    // signed-out token; if it does not answer yet, the rest in the background.
+    let first = load(&state).await;
     let loader = {
         let state = state.clone();
         tokio::spawn(async move {
             let mut retry = crate::startup::DependencyRetry::default();
+            let mut attempt = Some(first);
             loop {
-                match load(&state).await {
+                let result = match attempt.take() {
+                    Some(result) => result,
+                    None => load(&state).await,
+                };
+                match result {
                     Ok(n) => {
                         tracing::info!(sessions = n, "loaded the recently revoked sessions");
                         return;
