@@ -248,6 +248,7 @@ async fn live(
         let second = peer.base + 2;
         let mut primed = false;
         let mut second_acked = false;
+        let mut second_sent = false;
         let mut wait_ms: Option<u64> = None;
         // Until the connection ends: take deliveries (first those that came during setup),
         // and send the second message on cue.
@@ -258,8 +259,11 @@ async fn live(
                 continue;
             }
             let frame = tokio::select! {
-                changed = go.changed(), if peer.sender && primed && !*go.borrow() => {
-                    if changed.is_ok() {
+                // `wait_for` sees a cue given before this client was primed too (the last
+                // client primed races the main task's flip).
+                cue = async { go.wait_for(|go| *go).await.map(drop) }, if peer.sender && primed && !second_sent => {
+                    second_sent = true;
+                    if cue.is_ok() {
                         let frame = client::encode(client.transport, Some(SECOND_ID), "message:send", &second_message(&peer.conversation));
                         client.writer.lock().await.send(Message::text(frame)).await?;
                         progress.second_written.fetch_add(1, Ordering::Relaxed);
