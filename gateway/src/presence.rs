@@ -214,6 +214,13 @@ impl Presence {
         if !self.connected() {
             return false;
         }
+        // Where the user is, first: once the arrival is announced, a crash of this gateway
+        // must leave what the sweeper needs to announce the departure.
+        let key = format!("m.{}.{user}", self.gateway);
+        if let Err(e) = self.kv.put(key, Bytes::new()).await {
+            tracing::warn!(error = %e, "cannot record where a user is connected");
+            return false;
+        }
         let me = self.gateway.clone();
         let now = Utc::now();
         match self
@@ -234,11 +241,6 @@ impl Presence {
                 tracing::warn!(error = %e, "cannot record a user online");
                 return false;
             }
-        }
-        let key = format!("m.{}.{user}", self.gateway);
-        if let Err(e) = self.kv.put(key, Bytes::new()).await {
-            tracing::warn!(error = %e, "cannot record where a user is connected");
-            return false;
         }
         true
     }

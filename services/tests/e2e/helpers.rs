@@ -463,8 +463,17 @@ impl WsClient {
         if let Some(pos) = self.buffered.iter().position(&pred) {
             return self.buffered.remove(pos).expect("present");
         }
+        // One deadline for the whole wait: pings and other frames must not keep it alive.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
-            let Some(f) = self.read().await else {
+            let read = tokio::time::timeout_at(deadline, self.read()).await;
+            let Ok(read) = read else {
+                panic!(
+                    "no matching frame within {PATIENCE:?}; meanwhile: {:?}",
+                    self.buffered
+                );
+            };
+            let Some(f) = read else {
                 panic!("socket closed while waiting for a frame: {:?}", self.closed);
             };
             if pred(&f) {
