@@ -4,22 +4,23 @@
 //!
 //! - every frame takes a token of the user's rate (answered `rate_limited` without one) and a
 //!   connection that keeps sending into the limit is closed as a flood;
-//! - at most `max_inflight` requests run at once; at the bound the connection stops reading
-//!   the client (and keeps writing to it);
+//! - at most `max_inflight` requests run at once, on the connection's own task (no task per
+//!   request); at the bound the connection stops reading the client (and keeps writing to it);
 //! - every write has a deadline: a client that stops reading is dropped, not waited on;
 //! - the token's expiry (`token:expiring`, then the close), moved by `auth:refresh`;
 //! - drain, sign-out, a full outbound queue, silence, and the reason each gives the client;
 //! - the count of connections closed, by reason.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use parley_common::domain::UserId;
 use parley_common::wire::{ApiError, ErrorCode, ServerEvent};
 use serde_json::value::RawValue;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -179,12 +180,11 @@ pub struct Identity {
     pub exp: i64,
 }
 
-/// An answer on its way back to the loop, holding the in-flight permit until it is written.
+/// A request's answer, ready to be written.
 struct Answered<R> {
     reply: R,
     answer: Answer,
     client_msg_id: Option<String>,
-    _permit: OwnedSemaphorePermit,
 }
 
 /// Runs a connection until it ends, then closes it with the reason.
@@ -206,8 +206,10 @@ struct Live<R> {
     session: Session,
     gate: Gate,
     attachment: Attachment,
-    inflight: Arc<Semaphore>,
-    answers: (mpsc::Sender<Answered<R>>, mpsc::Receiver<Answered<R>>),
+    /// Requests being answered (a send waiting for the broker's ack, a query), polled by the
+    /// connection's loop itself: no task and no channel per request.
+    inflight: FuturesUnordered<BoxFuture<'static, Answered<R>>>,
+    max_inflight: usize,
     write_timeout: Duration,
     exp: i64,
 }
@@ -215,11 +217,10 @@ struct Live<R> {
 impl<R: Send + 'static> Live<R> {
     fn new(state: AppState, who: Identity, attachment: Attachment) -> Self {
         let limits = &state.limits;
-        let max_inflight = limits.max_inflight;
         Self {
             gate: Gate::new(state.clone(), who.user.clone()),
-            inflight: Arc::new(Semaphore::new(max_inflight)),
-            answers: mpsc::channel(max_inflight),
+            inflight: FuturesUnordered::new(),
+            max_inflight: limits.max_inflight,
             write_timeout: limits.write_timeout,
             exp: who.exp,
             session: Session::new(state, who.user),
@@ -229,7 +230,6 @@ impl<R: Send + 'static> Live<R> {
 
     async fn serve<C: Codec<Reply = R>>(&mut self, codec: &mut C) -> End {
         let state = self.session.state.clone();
-        let inflight = self.inflight.clone();
         let gone = codec.gone();
         tokio::pin!(gone);
         let (expires_at, warn_at) = expiry_deadlines(self.exp);
@@ -245,7 +245,7 @@ impl<R: Send + 'static> Live<R> {
                 biased;
                 () = state.draining.cancelled() => {
                     let bye = ServerEvent::ServerDraining { reconnect_after_ms: reconnect_jitter_ms() };
-                    let _ = self.write(codec.event(bye.to_json())).await;
+                    let _ = write(self.write_timeout, codec.event(bye.to_json())).await;
                     Err(End::Draining)
                 }
                 () = &mut gone => Err(End::Closed),
@@ -255,27 +255,26 @@ impl<R: Send + 'static> Live<R> {
                 () = &mut warning, if !warned => {
                     warned = true;
                     let event = ServerEvent::TokenExpiring { exp: self.exp };
-                    self.write(codec.event(event.to_json())).await.map(|()| None)
+                    write(self.write_timeout, codec.event(event.to_json())).await.map(|()| None)
                 }
-                Some(done) = self.answers.1.recv() => {
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
                     let written = codec.answer(done.reply, done.answer, done.client_msg_id);
-                    self.write(written).await.map(|()| None)
+                    write(self.write_timeout, written).await.map(|()| None)
                 }
                 out = self.attachment.rx.recv() => match out {
-                    Some(frame) => self.write(codec.event(frame)).await.map(|()| None),
+                    Some(frame) => write(self.write_timeout, codec.event(frame)).await.map(|()| None),
                     None => Err(End::Closed),
                 },
                 _ = ping.tick(), if C::PINGS => {
                     if last_heard.elapsed() > IDLE_LIMIT {
                         Err(End::Idle)
                     } else {
-                        self.write(codec.ping()).await.map(|()| None)
+                        write(self.write_timeout, codec.ping()).await.map(|()| None)
                     }
                 }
                 // At the bound of requests in flight, stop reading the client (but keep
                 // writing to it) until one is answered.
-                _ = inflight.acquire(), if inflight.available_permits() == 0 => Ok(None),
-                incoming = codec.recv(), if inflight.available_permits() > 0 => {
+                incoming = codec.recv(), if self.inflight.len() < self.max_inflight => {
                     if !matches!(incoming, Incoming::Closed) {
                         last_heard = Instant::now();
                     }
@@ -297,13 +296,6 @@ impl<R: Send + 'static> Live<R> {
                 Err(end) => return end,
             }
         }
-    }
-
-    /// Gives a write the connection's deadline.
-    async fn write(&self, write: impl Future<Output = Result<(), End>>) -> Result<(), End> {
-        tokio::time::timeout(self.write_timeout, write)
-            .await
-            .unwrap_or(Err(End::Stalled))
     }
 
     /// Handles what the client did; `Ok(Some(exp))` when `auth:refresh` moved the expiry.
@@ -328,8 +320,7 @@ impl<R: Send + 'static> Live<R> {
                     self.count_refused_send(event, ErrorCode::RateLimited);
                 }
                 let refused = ApiError::new(ErrorCode::RateLimited, "too many requests, slow down");
-                return self
-                    .write(codec.answer(reply, Err(refused), None))
+                return write(self.write_timeout, codec.answer(reply, Err(refused), None))
                     .await
                     .map(|()| None);
             }
@@ -337,8 +328,7 @@ impl<R: Send + 'static> Live<R> {
         let (event, data, traceparent) = match request {
             Ok(r) => r,
             Err(error) => {
-                return self
-                    .write(codec.answer(reply, Err(error), None))
+                return write(self.write_timeout, codec.answer(reply, Err(error), None))
                     .await
                     .map(|()| None);
             }
@@ -349,7 +339,7 @@ impl<R: Send + 'static> Live<R> {
             Err(rejected) => {
                 self.count_refused_send(&event, rejected.error.code);
                 let answer = codec.answer(reply, Err(rejected.error), rejected.client_msg_id);
-                return self.write(answer).await.map(|()| None);
+                return write(self.write_timeout, answer).await.map(|()| None);
             }
         };
         if let Command::AuthRefresh { token } = &command {
@@ -361,11 +351,10 @@ impl<R: Send + 'static> Live<R> {
                 }) => {
                     // Sign-out of the session the new token belongs to ends this socket now.
                     self.attachment.rebind_session(session_id);
-                    self.write(codec.answer(reply, Ok(body), None)).await?;
+                    write(self.write_timeout, codec.answer(reply, Ok(body), None)).await?;
                     Ok(Some(exp))
                 }
-                Err(e) => self
-                    .write(codec.answer(reply, Err(e), None))
+                Err(e) => write(self.write_timeout, codec.answer(reply, Err(e), None))
                     .await
                     .map(|()| None),
             };
@@ -383,27 +372,21 @@ impl<R: Send + 'static> Live<R> {
             .instrument(span.clone())
             .await
         {
-            Dispatch::Now(answer) => self
-                .write(codec.answer(reply, answer, client_msg_id))
-                .await
-                .map(|()| None),
+            Dispatch::Now(answer) => write(
+                self.write_timeout,
+                codec.answer(reply, answer, client_msg_id),
+            )
+            .await
+            .map(|()| None),
             Dispatch::Later(fut) => {
-                // The loop reads only when a permit is free, so this does not wait.
-                let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-                    return Ok(None);
-                };
-                let answers = self.answers.0.clone();
-                tokio::spawn(async move {
-                    let answer = fut.instrument(span).await;
-                    let done = Answered {
+                // The loop reads only below the bound, so this never passes it.
+                self.inflight.push(Box::pin(async move {
+                    Answered {
+                        answer: fut.instrument(span).await,
                         reply,
-                        answer,
                         client_msg_id,
-                        _permit: permit,
-                    };
-                    // The channel holds as many answers as there are permits: never full.
-                    let _ = answers.try_send(done);
-                });
+                    }
+                }));
                 Ok(None)
             }
         }
@@ -414,6 +397,14 @@ impl<R: Send + 'static> Live<R> {
             self.session.state.metrics.rejected(code);
         }
     }
+}
+
+/// Gives a write the connection's deadline. (A function, not a method: a `&Live` held across
+/// the write would make the connection's future need `Live: Sync`.)
+async fn write(timeout: Duration, write: impl Future<Output = Result<(), End>>) -> Result<(), End> {
+    tokio::time::timeout(timeout, write)
+        .await
+        .unwrap_or(Err(End::Stalled))
 }
 
 /// When a connection whose token expires at `exp` (Unix seconds) is closed, and when it is
