@@ -37,6 +37,12 @@ impl From<Row> for Message {
 }
 
 /// The stored messages among `(senders[i], client_msg_ids[i])`: what a batch would duplicate.
+///
+/// One index probe per key, whatever the statistics say: written as a join, the plan the
+/// prepared statement cached while `messages` was small (a fresh database) hashed the keys and
+/// scanned the whole table on every batch until the next analyze, and Postgres's CPU per
+/// message grew with the table (issue 17). The `limit 1` keeps the planner from flattening
+/// the lateral subquery back into that join; the key is unique, so it drops nothing.
 pub async fn find_by_client_ids(
     conn: &mut PgConnection,
     senders: &[&str],
@@ -45,9 +51,12 @@ pub async fn find_by_client_ids(
     let rows: Vec<Row> = sqlx::query_as(
         "select m.id, m.conversation_id, m.seq, m.sender_id, m.client_msg_id, m.content,
                 m.read_at, m.created_at, m.edited_at, m.deleted_at
-         from messages m
-         join unnest($1::text[], $2::text[]) as k(sender_id, client_msg_id)
-           on m.sender_id = k.sender_id and m.client_msg_id = k.client_msg_id",
+         from unnest($1::text[], $2::text[]) as k(sender_id, client_msg_id)
+         cross join lateral (
+             select * from messages x
+             where x.sender_id = k.sender_id and x.client_msg_id = k.client_msg_id
+             limit 1
+         ) m",
     )
     .bind(senders)
     .bind(client_msg_ids)
