@@ -1,4 +1,4 @@
-//! What every scenario shares: where the gateway is, how to mint tokens, the run's unique
+//! What every scenario shares: where the gateway (or the reference server) is, how to mint tokens, the run's unique
 //! user names, and connecting many clients at once.
 
 use std::time::{Duration, Instant};
@@ -8,7 +8,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde_json::json;
 
 use crate::client::{Client, Target};
-use crate::system::System;
+use crate::reference::Reference;
+use crate::system::{CpuSample, Front, System};
 
 pub struct Ctx {
     pub target: Target,
@@ -20,6 +21,8 @@ pub struct Ctx {
     pub connect_concurrency: usize,
     /// The gateway and persistence replicas, when the bench started them.
     pub system: Option<System>,
+    /// The reference server, when the bench started it instead (`--reference`).
+    pub reference: Option<Reference>,
     /// The gateway's pid when it runs elsewhere (for its memory).
     pub gateway_pid: Option<u32>,
     /// The zero of the timestamps messages carry.
@@ -62,6 +65,31 @@ impl Ctx {
             .as_ref()
             .and_then(System::gateway_pid)
             .or(self.gateway_pid)
+    }
+
+    /// The process the clients connect to: the reference's node, or Parley's gateway.
+    pub fn front(&self) -> Front {
+        match &self.reference {
+            Some(reference) => Front::Node(reference.pid()),
+            None => Front::Gateway(self.gateway_pid()),
+        }
+    }
+
+    /// The CPU each part of the system under test has used so far.
+    pub fn cpu(&self) -> CpuSample {
+        CpuSample::take(self.front(), &self.persistence_pids())
+    }
+
+    /// Messages stored so far, when the bench can read it: from the persistence replicas'
+    /// metrics, or the reference server's table.
+    pub async fn persisted(&self) -> Option<f64> {
+        if let Some(system) = &self.system {
+            return Some(system.persisted().await);
+        }
+        match &self.reference {
+            Some(reference) => Some(reference.persisted().await),
+            None => None,
+        }
     }
 
     /// The persistence replicas' pids, in start order (none when the bench did not start them).

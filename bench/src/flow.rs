@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{self, Client, Incoming, Transport, Writer};
 use crate::ctx::{Ctx, micros_since};
 use crate::report::{self, Report};
-use crate::system::{self, CpuSample, System};
+use crate::system::{self, System};
 
 /// How long the bench waits, after the last send, for deliveries that still make progress.
 const DRAIN_IDLE: Duration = Duration::from_secs(15);
@@ -180,12 +180,10 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
         p.duration,
         writers.len()
     );
-    let cpu_before = CpuSample::take(ctx.gateway_pid(), &ctx.persistence_pids());
+    // Read before the CPU is: for the reference, counting its rows is a query of its own.
+    let persisted_before = ctx.persisted().await;
+    let cpu_before = ctx.cpu();
     let lag = ctx.system.as_ref().map(System::watch_lag);
-    let persisted_before = match &ctx.system {
-        Some(system) => Some(system.persisted().await),
-        None => None,
-    };
     let started = Instant::now();
     let start_micros = ctx.micros();
     let deadline = started + p.duration;
@@ -225,7 +223,7 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
         }
     }
     let send_time = started.elapsed();
-    let cpu_after = CpuSample::take(ctx.gateway_pid(), &ctx.persistence_pids());
+    let cpu_after = ctx.cpu();
     report.cpu_cores = cpu_after.cores_since(&cpu_before);
 
     // Wait for every ack and every delivery owed, as long as they keep coming.
@@ -247,7 +245,7 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
     }
     // What every message cost, from the first send until the last was acknowledged and
     // delivered (a load the system cannot keep up with is still paid for in full).
-    let cpu_done = CpuSample::take(ctx.gateway_pid(), &ctx.persistence_pids());
+    let cpu_done = ctx.cpu();
     report.cpu_us_per_message =
         system::micros_per_message(&cpu_done.seconds_since(&cpu_before), sent);
     // A little longer, so a duplicate that would follow is seen too.
@@ -335,10 +333,10 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
         delivered as f64 / seconds(last_delivery),
         "deliveries/s",
     );
-    if let (Some(system), Some(before)) = (&ctx.system, persisted_before) {
+    if let (Some(after), Some(before)) = (ctx.persisted().await, persisted_before) {
         // A message is delivered only once its row is committed, so the last delivery closes
         // the time the rows took too.
-        let persisted = system.persisted().await - before;
+        let persisted = after - before;
         report.figure("persisted", persisted, "msgs");
         report.figure("persisted/s", persisted / seconds(last_delivery), "msgs/s");
     }
@@ -368,10 +366,15 @@ pub async fn run(ctx: &Ctx, p: FlowParams) -> anyhow::Result<Report> {
             );
         }
     }
-    if let Some(pid) = ctx.gateway_pid()
+    let front = ctx.front();
+    if let Some(pid) = front.pid()
         && let Some(rss) = system::rss_bytes(pid)
     {
-        report.figure("gateway RSS", rss as f64 / (1 << 20) as f64, "MiB");
+        report.figure(
+            format!("{} RSS", front.name()),
+            rss as f64 / (1 << 20) as f64,
+            "MiB",
+        );
     }
     let pids = ctx.persistence_pids();
     let rss: Vec<u64> = pids

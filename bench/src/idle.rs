@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::client::{self, Incoming};
 use crate::ctx::Ctx;
 use crate::report::Report;
-use crate::system::{self, CpuSample};
+use crate::system;
 
 /// Time for the gateway to settle after the last connect, before memory is read.
 const SETTLE: Duration = Duration::from_secs(3);
@@ -33,7 +33,8 @@ pub async fn run(
             "holdSeconds": hold.as_secs_f64(),
         }),
     );
-    let pid = ctx.gateway_pid();
+    let front = ctx.front();
+    let pid = front.pid();
     if pid.is_none() {
         report.problem("the gateway's pid is unknown (start it with --parley, or pass --gateway-pid): no memory figures");
     }
@@ -47,9 +48,9 @@ pub async fn run(
         "idle: connecting {connections} clients over {:?}",
         ctx.target.transport
     );
-    let cpu_before = CpuSample::take(pid, &ctx.persistence_pids());
+    let cpu_before = ctx.cpu();
     let (clients, connect_time) = ctx.connect_all(&users).await?;
-    report.cpu_cores = CpuSample::take(pid, &ctx.persistence_pids()).cores_since(&cpu_before);
+    report.cpu_cores = ctx.cpu().cores_since(&cpu_before);
     report.figure("connections", connections as f64, "");
     report.figure("connect time", connect_time.as_secs_f64(), "s");
     report.figure(
@@ -104,11 +105,12 @@ pub async fn run(
     report.figure("still connected", (connections as u64 - lost) as f64, "");
     if pid.is_some() {
         let mib = (1 << 20) as f64;
-        report.figure("gateway RSS before", before / mib, "MiB");
-        report.figure("gateway RSS connected", after / mib, "MiB");
-        report.figure("gateway RSS after hold", held / mib, "MiB");
+        let name = front.name();
+        report.figure(format!("{name} RSS before"), before / mib, "MiB");
+        report.figure(format!("{name} RSS connected"), after / mib, "MiB");
+        report.figure(format!("{name} RSS after hold"), held / mib, "MiB");
         report.figure(
-            "gateway memory per connection",
+            format!("{name} memory per connection"),
             (held.max(after) - before) / connections.max(1) as f64 / 1024.0,
             "KiB",
         );

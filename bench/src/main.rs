@@ -4,7 +4,10 @@
 //! addresses, with HS256 tokens it mints itself, drives one scenario (or the standard set), and
 //! prints a table, with JSON beside it for machines. With `--parley` it starts the gateway and
 //! persistence (`--persistence N` replicas) itself from that binary, so it can read their memory
-//! and metrics and restart the gateway.
+//! and metrics and restart the gateway. With `--reference` it starts the reference server
+//! instead (`bench/reference/`: the seed plan's messaging in one Node process with Socket.IO
+//! and Postgres) and drives it with the same load over Socket.IO, so Parley's figures can be
+//! set beside it.
 //! `chaos` (`chaos/`) is apart: it starts its own NATS, Postgres and roles and breaks them one at
 //! a time under load, reporting the recovery time of each fault.
 //! Speed is reported, never asserted; what is asserted is that every message arrived once, in
@@ -16,6 +19,7 @@ mod ctx;
 mod flow;
 mod idle;
 mod reconnect;
+mod reference;
 mod report;
 mod system;
 
@@ -31,6 +35,7 @@ use clap::{Parser, Subcommand};
 use crate::client::{Target, Transport};
 use crate::ctx::Ctx;
 use crate::flow::FlowParams;
+use crate::reference::Reference;
 use crate::report::Report;
 use crate::system::System;
 
@@ -45,6 +50,11 @@ struct Cli {
     /// figures and for `reconnect`. Without it, load goes to --gateway.
     #[arg(long, env = "PARLEY_BIN")]
     parley: Option<PathBuf>,
+    /// Instead of Parley, start the reference server in this folder (bench/reference, its npm
+    /// packages installed) with `node server.mjs`, on DATABASE_URL, and load it over Socket.IO.
+    /// `dm`, `group` and `idle` only.
+    #[arg(long, conflicts_with_all = ["parley", "gateway", "gateway_pid"])]
+    reference: Option<PathBuf>,
     /// Persistence replicas to start with --parley; they share PARLEY_IN's partitions.
     #[arg(long, global = true, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     persistence: u16,
@@ -60,8 +70,9 @@ struct Cli {
     /// Connect from 127.0.0.1 .. 127.0.0.N in turn (each address has ~28k ephemeral ports).
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u8).range(1..=250))]
     sources: u8,
-    #[arg(long, value_enum, default_value = "ws")]
-    transport: Transport,
+    /// `ws` unless --reference is given, which speaks Socket.IO only.
+    #[arg(long, value_enum)]
+    transport: Option<Transport>,
     /// Connects in flight at once.
     #[arg(long, default_value_t = 200)]
     connect_concurrency: usize,
@@ -160,6 +171,21 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     eprintln!(
         "parley-bench: open-file limit {fds} (the gateway inherits it when the bench starts it)"
     );
+    let transport = match (&cli.reference, cli.transport) {
+        (Some(_), Some(Transport::Ws)) => {
+            bail!("the reference server speaks Socket.IO only: drop --transport ws")
+        }
+        (Some(_), _) => Transport::SocketIo,
+        (None, transport) => transport.unwrap_or(Transport::Ws),
+    };
+    if cli.reference.is_some()
+        && let Scenario::Reconnect { .. } | Scenario::Chaos(_) | Scenario::Standard = &cli.scenario
+    {
+        bail!(
+            "reconnect, chaos and the standard set restart or break Parley's own roles: \
+             against --reference, run dm, group or idle"
+        );
+    }
     if let Scenario::Chaos(args) = &cli.scenario {
         let bin = cli
             .parley
@@ -176,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
     let plan: Vec<(Transport, Scenario)> = match &cli.scenario {
         Scenario::Standard => standard(fds),
-        one => vec![(cli.transport, one.clone())],
+        one => vec![(transport, one.clone())],
     };
     for (_, s) in &plan {
         let needed = match s {
@@ -196,20 +222,30 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 
     let mut reports = Vec::new();
     let run_id = format!("b{:x}", chrono::Utc::now().timestamp_millis());
+    let reference_db = match &cli.reference {
+        Some(_) => Some(std::env::var("DATABASE_URL").context(
+            "--reference needs DATABASE_URL: a database the reference server may create its \
+             tables in",
+        )?),
+        None => None,
+    };
     for (n, (transport, scenario)) in plan.into_iter().enumerate() {
+        let logs = cli.out.join(format!("{run_id}-{n}"));
+        let reference = match (&cli.reference, &reference_db) {
+            (Some(dir), Some(db)) => Some(Reference::start(dir, &logs, db, &cli.secret).await?),
+            _ => None,
+        };
         let system = match &cli.parley {
-            Some(bin) => Some(
-                System::start(
-                    bin,
-                    &cli.out.join(format!("{run_id}-{n}")),
-                    system_env(),
-                    usize::from(cli.persistence),
-                )
-                .await?,
-            ),
+            Some(bin) => {
+                Some(System::start(bin, &logs, system_env(), usize::from(cli.persistence)).await?)
+            }
             None => None,
         };
-        let addr = system.as_ref().map_or(cli.gateway, |s| s.gateway_addr);
+        let addr = match (&system, &reference) {
+            (Some(system), _) => system.gateway_addr,
+            (None, Some(reference)) => reference.addr,
+            (None, None) => cli.gateway,
+        };
         let mut ctx = Ctx {
             target: Target {
                 addr,
@@ -222,6 +258,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             run: format!("{run_id}{n}"),
             connect_concurrency: cli.connect_concurrency,
             system,
+            reference,
             gateway_pid: cli.gateway_pid,
             epoch: Instant::now(),
         };
@@ -229,11 +266,17 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
         if let Some(system) = ctx.system.take() {
             system.stop().await?;
         }
+        if let Some(reference) = ctx.reference.take() {
+            reference.stop().await?;
+        }
         let mut report = report?;
-        if cli.parley.is_some()
-            && let Some(params) = report.params.as_object_mut()
-        {
-            params.insert("persistence".into(), cli.persistence.into());
+        if let Some(params) = report.params.as_object_mut() {
+            if cli.parley.is_some() {
+                params.insert("server".into(), "parley".into());
+                params.insert("persistence".into(), cli.persistence.into());
+            } else if cli.reference.is_some() {
+                params.insert("server".into(), "reference".into());
+            }
         }
         println!("{}", report.table());
         reports.push(report);

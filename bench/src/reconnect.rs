@@ -19,7 +19,7 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client::{self, Client, Incoming, Target};
 use crate::ctx::{Ctx, micros_since};
 use crate::report::{self, Report};
-use crate::system::CpuSample;
+use crate::system::{CpuSample, Front};
 
 /// How long a client keeps trying to come back.
 const GIVE_UP: Duration = Duration::from_secs(120);
@@ -152,7 +152,7 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
     .await?;
 
     let system = ctx.system.as_mut().expect("checked above");
-    let cpu_before = CpuSample::take(None, &system.persistence_pids());
+    let cpu_before = CpuSample::take(Front::Gateway(None), &system.persistence_pids());
     let restart_at = micros_since(ctx.epoch);
     let restart = Instant::now();
     eprintln!("reconnect: restarting the gateway (SIG{signal})");
@@ -165,8 +165,7 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
     for t in tasks {
         outcomes.push(t.await?);
     }
-    report.cpu_cores =
-        CpuSample::take(ctx.gateway_pid(), &ctx.persistence_pids()).cores_since(&cpu_before);
+    report.cpu_cores = ctx.cpu().cores_since(&cpu_before);
     report.figure("old gateway gone after", stopped.as_secs_f64(), "s");
     report.figure("new gateway ready after", ready.as_secs_f64(), "s");
 

@@ -420,9 +420,33 @@ fn comm(pid: u32) -> Option<String> {
     )
 }
 
-/// CPU used by each part of the system, to say what bounds a figure: the gateway and
-/// persistence by pid, NATS and Postgres by process name (all of Postgres's backends), and the
-/// bench itself.
+/// The process the clients connect to, named as in the figures.
+#[derive(Clone, Copy, Debug)]
+pub enum Front {
+    /// Parley's gateway (its pid, when the bench knows it). NATS is part of that system.
+    Gateway(Option<u32>),
+    /// The reference server's one Node process (`--reference`), which uses no NATS.
+    Node(Option<u32>),
+}
+
+impl Front {
+    pub fn name(self) -> &'static str {
+        match self {
+            Front::Gateway(_) => "gateway",
+            Front::Node(_) => "node",
+        }
+    }
+
+    pub fn pid(self) -> Option<u32> {
+        match self {
+            Front::Gateway(pid) | Front::Node(pid) => pid,
+        }
+    }
+}
+
+/// CPU used by each part of the system, to say what bounds a figure: the gateway (or the
+/// reference's `node`) and persistence by pid, NATS (for Parley) and Postgres by process name
+/// (all of Postgres's backends), and the bench itself.
 /// With several persistence replicas, `persistence` is their sum and `persistence 1`,
 /// `persistence 2` ... each one's.
 #[derive(Clone, Debug, Default)]
@@ -432,12 +456,13 @@ pub struct CpuSample {
 }
 
 impl CpuSample {
-    pub fn take(gateway: Option<u32>, persistence: &[u32]) -> CpuSample {
+    pub fn take(front: Front, persistence: &[u32]) -> CpuSample {
         let mut seconds = BTreeMap::new();
         let mut add = |name: &str, s: Option<f64>| {
             *seconds.entry(name.to_owned()).or_insert(0.0) += s.unwrap_or(0.0);
         };
-        add("gateway", gateway.and_then(cpu_seconds));
+        add(front.name(), front.pid().and_then(cpu_seconds));
+        let nats = matches!(front, Front::Gateway(_));
         for (n, &pid) in persistence.iter().enumerate() {
             let s = cpu_seconds(pid);
             add("persistence", s);
@@ -452,7 +477,7 @@ impl CpuSample {
                 .filter_map(|e| e.file_name().to_str()?.parse().ok())
             {
                 match comm(pid).as_deref() {
-                    Some("nats-server") => add("nats", cpu_seconds(pid)),
+                    Some("nats-server") if nats => add("nats", cpu_seconds(pid)),
                     Some(c) if c.starts_with("postgres") => add("postgres", cpu_seconds(pid)),
                     _ => {}
                 }

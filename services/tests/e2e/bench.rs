@@ -2,8 +2,11 @@
 //! speed: every scenario must come back verified (each message delivered exactly once, in seq
 //! order, to every member; every client back after a restart), and the figures must add up
 //! (deliveries = members × accepted). No figure is compared with a threshold.
+//! The same checks hold for the reference server (`bench/reference`, `--reference`), the point
+//! Parley's figures are compared with.
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use serde_json::Value;
@@ -22,10 +25,41 @@ fn bench_bin() -> PathBuf {
     bench
 }
 
+/// The reference server's folder, its npm packages installed (`./dev test` runs `npm ci` there).
+fn reference_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/reference");
+    assert!(
+        dir.join("node_modules").is_dir(),
+        "{} has no node_modules: run `npm ci` there (./dev test does)",
+        dir.display()
+    );
+    dir
+}
+
 /// Runs the bench with `args` against this test's database and prefix (the roles it starts
 /// get the test secret); returns its exit code,
 /// its reports (when it wrote them) and its stderr.
 async fn run_bench(env: &TestEnv, args: &[&str]) -> (i32, Vec<Value>, String) {
+    let parley = [
+        OsString::from("--parley"),
+        env!("CARGO_BIN_EXE_parley").into(),
+    ];
+    run_bench_against(env, &parley, args).await
+}
+
+/// Runs the bench with `args` against the reference server instead of Parley, on this test's
+/// database.
+async fn run_reference_bench(env: &TestEnv, args: &[&str]) -> (i32, Vec<Value>, String) {
+    let reference = [OsString::from("--reference"), reference_dir().into()];
+    run_bench_against(env, &reference, args).await
+}
+
+/// Runs the bench with `system` (what it starts and loads) and `args`; see [`run_bench`].
+async fn run_bench_against(
+    env: &TestEnv,
+    system: &[OsString],
+    args: &[&str],
+) -> (i32, Vec<Value>, String) {
     let dir = std::env::temp_dir().join(format!("parley-bench-test-{}", env.prefix));
     std::fs::create_dir_all(&dir).expect("a folder for the bench's output");
     let json = dir.join("results.json");
@@ -37,8 +71,7 @@ async fn run_bench(env: &TestEnv, args: &[&str]) -> (i32, Vec<Value>, String) {
         .env("PARLEY_NATS_PREFIX", &env.prefix)
         .env("AUTH_SECRET", SECRET)
         .env("PARLEY_DRAIN_SECONDS", "5")
-        .arg("--parley")
-        .arg(env!("CARGO_BIN_EXE_parley"))
+        .args(system)
         .arg("--out")
         .arg(&dir)
         .arg("--json")
@@ -211,4 +244,44 @@ async fn a_wrong_secret_stops_the_bench_with_a_clear_error() {
     assert_eq!(code, 2, "{stderr}");
     assert!(reports.is_empty());
     assert!(stderr.contains("401"), "the refusal is named: {stderr}");
+}
+
+/// The reference server, loaded like Parley over Socket.IO, is held to the same checks: every
+/// message stored, and delivered once and in seq order to both members of its DM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dm_against_the_reference_server_delivers_every_message_once_in_order() {
+    let env = TestEnv::new().await;
+    let (code, reports, stderr) = run_reference_bench(
+        &env,
+        &["dm", "--pairs", "2", "--rate", "20", "--duration", "2"],
+    )
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(reports.len(), 1);
+    let report = &reports[0];
+    assert_eq!(report["params"]["server"], "reference");
+    assert_eq!(report["params"]["transport"], "socketio");
+    assert_all_delivered(report, 2.0);
+    assert_eq!(figure(report, "persisted"), figure(report, "accepted"));
+    let stored: i64 = sqlx::query_scalar(r#"select count(*) from "Message""#)
+        .fetch_one(&env.pool)
+        .await
+        .expect("the reference server's messages");
+    assert_eq!(stored as f64, figure(report, "accepted"), "{report}");
+    assert!(
+        report["cpu_us_per_message"]["node"].is_number(),
+        "node's CPU is measured by pid: {report}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenarios_that_restart_parleys_roles_are_refused_against_the_reference() {
+    let env = TestEnv::new().await;
+    let (code, reports, stderr) = run_reference_bench(&env, &["reconnect", "--clients", "4"]).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(reports.is_empty());
+    assert!(
+        stderr.contains("against --reference, run dm, group or idle"),
+        "the refusal says what runs: {stderr}"
+    );
 }
