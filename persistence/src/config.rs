@@ -8,7 +8,8 @@ use parley_common::nats::StreamSettings;
 #[derive(Debug, Clone)]
 pub struct PersistenceConfig {
     pub database_url: Secret,
-    /// Connections in the pool (`DATABASE_POOL_SIZE`).
+    /// Connections in the pool of the chat queries (`DATABASE_POOL_SIZE`); the partition
+    /// writers have a pool of their own, of `parallel` connections.
     pub pool_size: u32,
     pub nats: NatsConfig,
     pub streams: StreamSettings,
@@ -35,7 +36,9 @@ impl PersistenceConfig {
             });
         }
         let pool_size: u32 = env.parse_or("DATABASE_POOL_SIZE", 10)?;
-        // Leaves a connection or two for the chat queries.
+        // The writers' own pool is this size, beside the queries' pool: a burst of writes (a
+        // backlog after an outage, a reconnect storm's resends) never leaves the queries
+        // (sync, members, contacts) waiting for a connection, nor the other way round.
         let parallel: usize = env.parse_or(
             "PARLEY_PERSIST_PARALLEL",
             (pool_size as usize).saturating_sub(2).max(1),

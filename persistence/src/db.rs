@@ -11,12 +11,12 @@ use crate::error::Result;
 /// The migrations in `persistence/migrations/`, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Connects a pool. Fails at once when the database does not answer, so a misconfigured role
-/// stops at start; later outages are ridden out by the pool.
-pub async fn connect(config: &PersistenceConfig) -> Result<PgPool> {
+/// Connects a pool of `size` connections. Fails at once when the database does not answer, so
+/// a misconfigured role stops at start; later outages are ridden out by the pool.
+pub async fn connect(config: &PersistenceConfig, size: u32) -> Result<PgPool> {
     let options: PgConnectOptions = config.database_url.expose().parse()?;
     let pool = PgPoolOptions::new()
-        .max_connections(config.pool_size)
+        .max_connections(size)
         .acquire_timeout(Duration::from_secs(3))
         .connect_with(options)
         .await?;

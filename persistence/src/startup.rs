@@ -18,6 +18,7 @@ use crate::{consumer, db};
 pub struct Application {
     config: PersistenceConfig,
     pool: PgPool,
+    writers: PgPool,
     nats: async_nats::Client,
     js: jetstream::Context,
     consumers: consumer::Consumers,
@@ -29,8 +30,11 @@ impl Application {
     /// consumer, subscribes the service's endpoints). Fails when either does not answer. Once
     /// this returns, queries find a responder.
     pub async fn build(config: PersistenceConfig) -> Result<Self> {
-        let pool = db::connect(&config).await?;
+        let pool = db::connect(&config, config.pool_size).await?;
         db::migrate(&pool).await?;
+        // The partition writers' own connections (`PARLEY_PERSIST_PARALLEL`), apart from the
+        // queries' pool: the chat queries get all of theirs whatever the writers do.
+        let writers = db::connect(&config, config.parallel as u32).await?;
         let nats = nats::connect(&config.nats, "parley-persistence", "persistence")
             .await
             .map_err(Error::nats)?;
@@ -49,6 +53,7 @@ impl Application {
         Ok(Self {
             config,
             pool,
+            writers,
             nats,
             js,
             consumers,
@@ -84,6 +89,7 @@ impl Application {
         let Self {
             config,
             pool,
+            writers,
             nats,
             js,
             consumers,
@@ -93,7 +99,7 @@ impl Application {
         let sampler = sample(consumers.clone(), pool.clone(), token.clone());
         // Whichever part ends first (shutdown, or a part failing) stops the others.
         let consumer = async {
-            let r = consumer::run(&config, consumers, js, pool, token.clone()).await;
+            let r = consumer::run(&config, consumers, js, writers, token.clone()).await;
             token.cancel();
             r
         };

@@ -131,7 +131,7 @@ pub async fn run(
             Ok(())
         }
         Config::Migrate { persistence, auth } => {
-            let pool = parley_persistence::db::connect(&persistence)
+            let pool = parley_persistence::db::connect(&persistence, persistence.pool_size)
                 .await
                 .context("cannot connect to the database")?;
             parley_persistence::db::migrate(&pool)
@@ -198,15 +198,16 @@ pub async fn run(
             readiness.merge(auth.readiness());
             readiness.merge(gateway.readiness());
             let admin = serve_admin(admin_port, readiness, stop.clone()).await?;
-            let (g, p, a) = tokio::join!(
-                gateway.run_until_stopped(stop.clone().cancelled_owned()),
-                persistence.run_until_stopped(stop.clone().cancelled_owned()),
-                auth.run_until_stopped(stop.clone().cancelled_owned()),
-            );
+            // Each role on a task of its own, as if in its own process: joined in one task, a
+            // role's work held up the others' (the auth role answered the gateway late).
+            let g = tokio::spawn(gateway.run_until_stopped(stop.clone().cancelled_owned()));
+            let p = tokio::spawn(persistence.run_until_stopped(stop.clone().cancelled_owned()));
+            let a = tokio::spawn(auth.run_until_stopped(stop.clone().cancelled_owned()));
+            let (g, p, a) = tokio::join!(g, p, a);
             admin.cancel();
-            g?;
-            p?;
-            a?;
+            g.context("the gateway role's task")??;
+            p.context("the persistence role's task")??;
+            a.context("the auth role's task")??;
             Ok(())
         }
     }
