@@ -247,6 +247,7 @@ async fn resync_after_outages(state: AppState, nats: async_nats::Client) {
 /// Fetches the auth role's JWKS until it answers: at once, then again quickly while it is
 /// starting. (An unknown `kid` later refetches on its own, [`JwksCache::verify`].)
 async fn load_keys(state: AppState) {
+    tracing::debug!("loading the auth role's keys (JWKS)");
     let mut retry = DependencyRetry::default();
     while !state.jwks.refresh(&state.verifier).await {
         retry.note(&"no answer yet", "waiting for the auth role's keys (JWKS)");

@@ -1,6 +1,7 @@
 //! The `parley` binary itself: configuration errors, the admin port, graceful shutdown.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
@@ -47,9 +48,12 @@ async fn an_unreachable_database_fails_the_start_with_a_clear_message() {
 
 async fn spawn_all(env: &TestEnv, port: u16, admin: u16) -> Child {
     let mut cmd = env.parley_role("all", port, admin);
-    cmd.env("RUST_LOG", "info,parley_persistence=debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.env(
+        "RUST_LOG",
+        "info,parley_persistence=debug,parley_gateway=debug",
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     cmd.spawn().expect("start parley all")
 }
 
@@ -72,26 +76,43 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
     let logged = |what: &'static str| {
         let log = log.clone();
         async move {
-            eventually(|| {
-                let found = log.lock().unwrap().iter().any(|l| l.contains(what));
-                async move { found.then_some(()) }
+            let said = |log: &std::sync::Mutex<Vec<String>>| {
+                log.lock().unwrap().iter().any(|l| l.contains(what))
+            };
+            let waited = tokio::time::timeout(PATIENCE, async {
+                while !said(&log) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
             })
-            .await
+            .await;
+            if waited.is_err() {
+                panic!(
+                    "the log never said {what:?}; it said:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
         }
     };
     let http = reqwest::Client::new();
-    let ready = eventually(|| {
-        let http = http.clone();
-        async move {
+    let ready = tokio::time::timeout(PATIENCE, async {
+        loop {
             let r = http
                 .get(format!("http://127.0.0.1:{admin}/readyz"))
                 .send()
-                .await
-                .ok()?;
-            (r.status() == 200).then_some(r)
+                .await;
+            match r {
+                Ok(r) if r.status() == 200 => return r,
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
         }
     })
-    .await;
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "parley all never became ready; its log:\n{}",
+            log.lock().unwrap().join("\n")
+        )
+    });
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["checks"]["nats"], "ok", "{body}");
     assert_eq!(body["checks"]["postgres"], "ok", "{body}");
