@@ -163,7 +163,7 @@ impl Application {
         let addr = self.local_addr();
         tracing::info!(%addr, "gateway listening");
         let revocations = revocation::watch(state.clone()).await?;
-        let keys = tokio::spawn(load_keys(state.clone()));
+        let keys = load_keys(state.clone()).await;
         let resync = tokio::spawn(resync_after_outages(state.clone(), self.nats.clone()));
         let membership = chat::watch_changes(state.clone()).await?;
         let presence = tokio::spawn(
@@ -246,9 +246,25 @@ async fn resync_after_outages(state: AppState, nats: async_nats::Client) {
 
 /// Fetches the auth role's JWKS until it answers: at once, then again quickly while it is
 /// starting. (An unknown `kid` later refetches on its own, [`JwksCache::verify`].)
-async fn load_keys(state: AppState) {
+///
+/// The first fetch is made here, before the task is spawned, like the first load of the
+/// signed-out sessions: when the auth role answers (the usual case, and always in `parley all`)
+/// the keys are in before the first token arrives, and only a role that does not answer yet is
+/// waited for in the background.
+async fn load_keys(state: AppState) -> tokio::task::JoinHandle<()> {
     tracing::debug!("loading the auth role's keys (JWKS)");
+    if state.jwks.refresh(&state.verifier).await {
+        return tokio::spawn(async {});
+    }
+    tokio::spawn(retry_keys(state))
+}
+
+async fn retry_keys(state: AppState) {
     let mut retry = DependencyRetry::default();
+    retry.note(&"no answer yet", "waiting for the auth role's keys (JWKS)");
+    if !retry.wait(&state.draining).await {
+        return;
+    }
     while !state.jwks.refresh(&state.verifier).await {
         retry.note(&"no answer yet", "waiting for the auth role's keys (JWKS)");
         if !retry.wait(&state.draining).await {

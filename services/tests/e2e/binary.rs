@@ -73,6 +73,16 @@ async fn parley_all_serves_health_and_readiness_chats_and_drains_on_sigterm() {
             }
         }
     });
+    // Standard error too (a panic in one of its tasks is written there), into the same log.
+    tokio::spawn({
+        let log = log.clone();
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                log.lock().unwrap().push(format!("stderr: {line}"));
+            }
+        }
+    });
     let logged = |what: &'static str| {
         let log = log.clone();
         async move {
