@@ -23,8 +23,6 @@ use crate::revocation::RevokedSessions;
 
 /// The least time between two fetches, once a JWKS is loaded.
 const MIN_REFETCH: Duration = Duration::from_secs(1);
-/// The longest a fetch may take.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The least time between two fetches while none has succeeded yet (the auth role is starting).
 const MIN_REFETCH_STARTING: Duration = Duration::from_millis(200);
 
@@ -81,15 +79,11 @@ impl JwksCache {
         }
         *last = Some(Instant::now());
         tracing::debug!("fetching the auth role's JWKS");
-        let request = self
+        // Bounded by the client's request timeout.
+        let reply = self
             .nats
-            .request(self.subjects.rpc_auth(AuthOp::Jwks.as_str()), "{}".into());
-        // The client's request timeout, once more around the whole call: a fetch that never
-        // ends would leave the gateway without keys for good.
-        let Ok(reply) = tokio::time::timeout(FETCH_TIMEOUT, request).await else {
-            tracing::warn!("the JWKS request did not end in time");
-            return self.is_loaded(verifier);
-        };
+            .request(self.subjects.rpc_auth(AuthOp::Jwks.as_str()), "{}".into())
+            .await;
         match reply.map(|r| rpc::decode::<Jwks>(&r.payload)) {
             Ok(Ok(jwks)) => {
                 tracing::info!(keys = jwks.keys.len(), "JWKS fetched");

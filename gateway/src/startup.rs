@@ -261,13 +261,9 @@ async fn load_keys(state: AppState) -> tokio::task::JoinHandle<()> {
 
 async fn retry_keys(state: AppState) {
     let mut retry = DependencyRetry::default();
-    retry.note(&"no answer yet", "waiting for the auth role's keys (JWKS)");
-    if !retry.wait(&state.draining).await {
-        return;
-    }
-    while !state.jwks.refresh(&state.verifier).await {
+    loop {
         retry.note(&"no answer yet", "waiting for the auth role's keys (JWKS)");
-        if !retry.wait(&state.draining).await {
+        if !retry.wait(&state.draining).await || state.jwks.refresh(&state.verifier).await {
             return;
         }
     }
