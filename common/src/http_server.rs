@@ -113,6 +113,34 @@ impl HttpLimits {
 /// Addresses not held to the per-address cap (e.g. trusted proxies).
 pub type Exempt = Arc<dyn Fn(IpAddr) -> bool + Send + Sync>;
 
+/// Connections the kernel queues for a listener before it accepts them. tokio's default (1,024)
+/// overflows when thousands of clients come back at once after a restart; a connection past
+/// the queue waits out a SYN retransmit (a second or more) instead of being accepted.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`host:port`, the host resolved) with [`LISTEN_BACKLOG`].
+pub async fn bind(addr: &str) -> io::Result<TcpListener> {
+    let mut last = None;
+    for sa in tokio::net::lookup_host(addr).await? {
+        let socket = if sa.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(sa).and_then(|()| socket.listen(LISTEN_BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
 /// Serves `router` on `listener` until `shutdown` resolves, then lets open requests finish.
 /// Requests carry `ConnectInfo<SocketAddr>` (the TCP peer), as with axum's
 /// `into_make_service_with_connect_info`.

@@ -66,6 +66,7 @@ struct PoolLabel {
 
 struct Shared {
     reconnects: Family<RoleLabel, Counter>,
+    shed: Family<RoleLabel, Counter>,
     pool: Family<PoolLabel, Gauge>,
 }
 
@@ -74,6 +75,7 @@ fn shared() -> &'static Shared {
     SHARED.get_or_init(|| {
         let s = Shared {
             reconnects: Family::default(),
+            shed: Family::default(),
             pool: Family::default(),
         };
         register(|r| {
@@ -81,6 +83,12 @@ fn shared() -> &'static Shared {
                 "nats_reconnects",
                 "Times the NATS connection came back after a loss, by role",
                 s.reconnects.clone(),
+            );
+            r.register(
+                "rpc_requests_shed",
+                "Requests a service dropped unanswered because their caller had stopped waiting \
+                 (past the Parley-Deadline header), by role",
+                s.shed.clone(),
             );
             r.register(
                 "db_pool_connections",
@@ -98,6 +106,11 @@ pub fn nats_reconnects(role: &'static str) -> Counter {
         .reconnects
         .get_or_create(&RoleLabel { role })
         .clone()
+}
+
+/// The counter of requests `role`'s service dropped past their deadline.
+pub fn rpc_shed(role: &'static str) -> Counter {
+    shared().shed.get_or_create(&RoleLabel { role }).clone()
 }
 
 /// Records `role`'s database pool now: `size` connections, `idle` of them idle.

@@ -52,7 +52,7 @@ pub async fn connect(
                 }
             })
             .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)))
+            .request_timeout(Some(crate::rpc::REQUEST_TIMEOUT))
             .reconnect_delay_callback(reconnect_delay)
             .max_reconnects(None)
             .connect(cfg.servers.clone())

@@ -26,6 +26,33 @@ struct ErrEnvelope {
     error: ApiError,
 }
 
+/// How long a caller waits for a reply (the NATS client's request timeout, every role).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The header on a request saying when its caller stops waiting: Unix milliseconds. A service
+/// that takes a request off its queue after then drops it unanswered: the caller has already
+/// told its client `unavailable`, and the client is retrying. Without it, a service that falls
+/// behind spends its time on answers nobody reads while the retries pile up behind them (a
+/// reconnect storm of 19,000 `sync`s never recovered, issue 17).
+pub const DEADLINE_HEADER: &str = "Parley-Deadline";
+
+/// Clocks of different hosts disagree a little: a request is only dropped when it is this far
+/// past its deadline by the service's clock.
+pub const DEADLINE_SLACK_MS: i64 = 1_000;
+
+/// The deadline of a request sent at `now_ms`.
+pub fn deadline_ms(now_ms: i64) -> i64 {
+    now_ms + REQUEST_TIMEOUT.as_millis() as i64
+}
+
+/// Whether a request whose deadline header says `deadline` is past it at `now_ms`. A request
+/// without the header, or with one that does not parse, is never past it.
+pub fn past_deadline(deadline: Option<&str>, now_ms: i64) -> bool {
+    deadline
+        .and_then(|d| d.trim().parse::<i64>().ok())
+        .is_some_and(|d| now_ms > d.saturating_add(DEADLINE_SLACK_MS))
+}
+
 /// `{"ok": true, ...body}`; `body` must serialise as a JSON object.
 pub fn encode_ok<T: Serialize>(body: &T) -> Bytes {
     serde_json::to_vec(&OkEnvelope { ok: true, body })
@@ -276,6 +303,30 @@ pub fn bad_request(e: &serde_json::Error) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_request_is_past_its_deadline_only_beyond_the_slack() {
+        let deadline = deadline_ms(10_000);
+        assert_eq!(deadline, 15_000);
+        let d = deadline.to_string();
+        assert!(!past_deadline(Some(&d), 14_000));
+        assert!(
+            !past_deadline(Some(&d), 15_000 + DEADLINE_SLACK_MS),
+            "within the slack"
+        );
+        assert!(past_deadline(Some(&d), 15_001 + DEADLINE_SLACK_MS));
+    }
+
+    #[test]
+    fn a_request_without_a_readable_deadline_is_never_late() {
+        assert!(!past_deadline(None, i64::MAX));
+        assert!(!past_deadline(Some("soon"), i64::MAX));
+        assert!(!past_deadline(Some(""), i64::MAX));
+        assert!(
+            !past_deadline(Some(&i64::MAX.to_string()), i64::MAX),
+            "no overflow"
+        );
+    }
+
     use super::*;
 
     #[test]

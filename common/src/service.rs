@@ -26,6 +26,7 @@ pub struct NatsService<Op> {
     service: async_nats::service::Service,
     group: String,
     endpoints: SelectAll<BoxStream<'static, (Op, &'static str, Request)>>,
+    shed: crate::metrics::Counter,
 }
 
 impl<Op: Copy + Send + 'static> NatsService<Op> {
@@ -33,7 +34,7 @@ impl<Op: Copy + Send + 'static> NatsService<Op> {
     /// returns, requests find a responder.
     pub async fn start(
         nats: &async_nats::Client,
-        name: &str,
+        name: &'static str,
         description: &str,
         group: String,
         ops: impl IntoIterator<Item = (Op, &'static str)>,
@@ -58,11 +59,13 @@ impl<Op: Copy + Send + 'static> NatsService<Op> {
             service,
             group,
             endpoints,
+            shed: crate::metrics::rpc_shed(name),
         })
     }
 
     /// Answers requests with `handler(op, payload)`, at most `max_concurrent` at once, until
-    /// `shutdown` is cancelled; then takes no more and lets those in hand finish.
+    /// `shutdown` is cancelled; then takes no more and lets those in hand finish. A request
+    /// taken after its [`rpc::DEADLINE_HEADER`] is dropped unanswered.
     pub async fn run<H, Fut>(self, max_concurrent: usize, shutdown: CancellationToken, handler: H)
     where
         H: Fn(Op, Bytes) -> Fut + Send + Sync + 'static,
@@ -73,6 +76,7 @@ impl<Op: Copy + Send + 'static> NatsService<Op> {
             service,
             group,
             mut endpoints,
+            shed,
         } = self;
         let permits = Arc::new(Semaphore::new(max_concurrent));
         let tracker = TaskTracker::new();
@@ -85,6 +89,19 @@ impl<Op: Copy + Send + 'static> NatsService<Op> {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
+            // Waited so long (in NATS, or for a permit) that the caller has given up: its
+            // answer would go nowhere, and its client is already retrying.
+            let deadline = request
+                .message
+                .headers
+                .as_ref()
+                .and_then(|h| h.get(rpc::DEADLINE_HEADER))
+                .map(|v| v.as_str());
+            if rpc::past_deadline(deadline, chrono::Utc::now().timestamp_millis()) {
+                shed.inc();
+                tracing::debug!(op = name, "dropped a request past its deadline");
+                continue;
+            }
             // Each request continues the caller's trace.
             let span = tracing::info_span!("rpc", op = name);
             crate::trace::continue_from(&span, request.message.headers.as_ref());

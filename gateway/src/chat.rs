@@ -39,13 +39,12 @@ impl ChatClient {
     /// to the client unchanged.
     pub async fn call<T: Serialize>(&self, op: ChatOp, req: &T) -> Result<Bytes, ApiError> {
         let payload = serde_json::to_vec(req).expect("requests always serialise");
+        let mut headers = parley_common::trace::headers();
+        let deadline = rpc::deadline_ms(chrono::Utc::now().timestamp_millis());
+        headers.insert(rpc::DEADLINE_HEADER, deadline.to_string().as_str());
         let reply = self
             .nats
-            .request_with_headers(
-                self.subjects.rpc_chat(op),
-                parley_common::trace::headers(),
-                payload.into(),
-            )
+            .request_with_headers(self.subjects.rpc_chat(op), headers, payload.into())
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, op = op.as_str(), "chat service did not answer");

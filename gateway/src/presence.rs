@@ -35,6 +35,8 @@ use tokio_util::sync::CancellationToken;
 const CAS_ATTEMPTS: usize = 8;
 /// Heartbeats written at once.
 const BEAT_CONCURRENCY: usize = 32;
+/// Arrivals and departures taken off the queue and written together.
+const CHANGE_BATCH: usize = 1024;
 /// A dead gateway is forgotten after this many TTLs (it was swept long before).
 const FORGET_AFTER_TTLS: u32 = 10;
 /// How soon a heartbeat or a user's arrival that the broker did not take is tried again.
@@ -268,6 +270,37 @@ impl Presence {
         self.forget_member(&self.gateway, user.as_str()).await;
     }
 
+    /// [`Self::up`] for each of `users`, `BEAT_CONCURRENCY` at a time; returns those that
+    /// could not be recorded.
+    async fn ups(&self, users: &[UserId]) -> Vec<UserId> {
+        let mut failed = Vec::new();
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for user in users {
+            if pending.len() >= BEAT_CONCURRENCY
+                && let Some(Some(user)) = pending.next().await
+            {
+                failed.push(user);
+            }
+            pending.push(async move { (!self.up(user).await).then(|| user.clone()) });
+        }
+        while let Some(user) = pending.next().await {
+            failed.extend(user);
+        }
+        failed
+    }
+
+    /// [`Self::down`] for each of `users`, `BEAT_CONCURRENCY` at a time.
+    async fn downs(&self, users: &[UserId]) {
+        let mut pending = futures::stream::FuturesUnordered::new();
+        for user in users {
+            if pending.len() >= BEAT_CONCURRENCY {
+                pending.next().await;
+            }
+            pending.push(self.down(user));
+        }
+        while pending.next().await.is_some() {}
+    }
+
     async fn forget_member(&self, gateway: &str, user: &str) {
         let subject = format!("{}m.{gateway}.{user}", self.key_prefix);
         if let Err(e) = self.stream.purge().filter(subject).await {
@@ -341,6 +374,27 @@ impl Presence {
 
     /// Tells the contacts of a dead gateway's users they went offline (unless they are still
     /// connected elsewhere), and removes what the gateway left behind.
+    /// Takes the dead gateway out of one user's record; announces the user offline if that
+    /// was their last one.
+    async fn sweep_user(&self, dead: &str, user: &str) {
+        let gone = dead.to_owned();
+        match self
+            .modify(user, |r, _| {
+                r.gateways.remove(&gone);
+            })
+            .await
+        {
+            Ok((before, after)) => {
+                let ms = Utc::now().timestamp_millis();
+                if before.gateways.contains_key(dead) && !after.online(ms, self.ttl_ms()) {
+                    self.announce(user, after.view(user, ms, self.ttl_ms()))
+                        .await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot sweep a user's presence"),
+        }
+    }
+
     async fn sweep(&self, dead: &str) {
         let filter = format!("{}m.{dead}.*", self.key_prefix);
         let members: Vec<String> = match self.stream.info_with_subjects(&filter).await {
@@ -363,24 +417,14 @@ impl Presence {
             users = members.len(),
             "sweeping a gateway that stopped"
         );
+        let mut pending = futures::stream::FuturesUnordered::new();
         for user in &members {
-            let gone = dead.to_owned();
-            match self
-                .modify(user, |r, _| {
-                    r.gateways.remove(&gone);
-                })
-                .await
-            {
-                Ok((before, after)) => {
-                    let ms = Utc::now().timestamp_millis();
-                    if before.gateways.contains_key(dead) && !after.online(ms, self.ttl_ms()) {
-                        self.announce(user, after.view(user, ms, self.ttl_ms()))
-                            .await;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot sweep a user's presence"),
+            if pending.len() >= BEAT_CONCURRENCY {
+                pending.next().await;
             }
+            pending.push(self.sweep_user(dead, user));
         }
+        while pending.next().await.is_some() {}
         let _ = self.stream.purge().filter(filter).await;
         let _ = self
             .stream
@@ -389,7 +433,7 @@ impl Presence {
             .await;
     }
 
-    /// Keeps this gateway's users present until `shutdown`, then records them gone.
+    /// Keeps this gateway's users present until `shutdown`; then stops heartbeating (see the end).
     pub async fn run(
         self: Arc<Self>,
         mut changes: mpsc::UnboundedReceiver<Change>,
@@ -408,21 +452,28 @@ impl Presence {
             }
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                change = changes.recv() => match change {
-                    Some(Change::Up(user)) => {
-                        if local.insert(user.clone()) && !self.up(&user).await {
-                            unrecorded.insert(user);
-                            tick.reset_after(RETRY_AFTER_OUTAGE);
-                        }
+                first = changes.recv() => {
+                    let Some(first) = first else { break };
+                    // Everything queued behind it too, settled per user and written at once:
+                    // a gateway filling up with thousands of sockets does not record them one
+                    // round trip after another.
+                    let mut batch = vec![first];
+                    while batch.len() < CHANGE_BATCH
+                        && let Ok(change) = changes.try_recv()
+                    {
+                        batch.push(change);
                     }
-                    Some(Change::Down(user)) => {
-                        unrecorded.remove(&user);
-                        if local.remove(&user) {
-                            self.down(&user).await;
-                        }
+                    let (arrived, left) = settle(&mut local, batch);
+                    for user in &left {
+                        unrecorded.remove(user);
                     }
-                    None => break,
-                },
+                    let failed = self.ups(&arrived).await;
+                    if !failed.is_empty() {
+                        unrecorded.extend(failed);
+                        tick.reset_after(RETRY_AFTER_OUTAGE);
+                    }
+                    self.downs(&left).await;
+                }
                 entry = next_entry(&mut watch) => match entry {
                     Some(e) if e.operation == kv::Operation::Put => {
                         let beat = std::str::from_utf8(&e.value).ok().and_then(|v| v.parse().ok());
@@ -444,11 +495,11 @@ impl Presence {
                         tick.reset_after(RETRY_AFTER_OUTAGE);
                         continue;
                     }
-                    for user in std::mem::take(&mut unrecorded) {
-                        if !self.up(&user).await {
-                            unrecorded.insert(user);
-                            tick.reset_after(RETRY_AFTER_OUTAGE);
-                        }
+                    let retry: Vec<UserId> = unrecorded.drain().collect();
+                    let failed = self.ups(&retry).await;
+                    if !failed.is_empty() {
+                        unrecorded.extend(failed);
+                        tick.reset_after(RETRY_AFTER_OUTAGE);
                     }
                     let now = Utc::now().timestamp_millis();
                     gateways.insert(self.gateway.clone(), now);
@@ -458,15 +509,13 @@ impl Presence {
                 }
             }
         }
-        // Draining: the users here go now, not a TTL from now.
-        for user in std::mem::take(&mut local) {
-            self.down(&user).await;
-        }
-        let _ = self
-            .stream
-            .purge()
-            .filter(format!("{}g.{}", self.key_prefix, self.gateway))
-            .await;
+        // Draining: nothing is written. The users here are told to reconnect, and their records
+        // keep this gateway's last heartbeat for up to the TTL: whoever is back on another
+        // gateway by then never looked offline to their contacts (a deploy that marked every
+        // user offline and then online again would announce two changes to each contact, and
+        // ask persistence for everyone's contacts twice, in the middle of the reconnect storm).
+        // Whoever does not come back is swept offline by a surviving gateway once this one's
+        // heartbeat is a TTL old, exactly as after a crash.
     }
 
     /// The gateways whose heartbeat stopped, when this gateway is the one to sweep them: the
@@ -488,6 +537,38 @@ impl Presence {
             .map(|(id, _)| id.clone())
             .collect()
     }
+}
+
+/// Applies a batch of changes, in order, to the users held here; returns who arrived and who
+/// left over the whole batch. A user who came and went within it (or went and came back) is in
+/// neither: nothing about them changed.
+fn settle(local: &mut HashSet<UserId>, batch: Vec<Change>) -> (Vec<UserId>, Vec<UserId>) {
+    let mut last: HashMap<UserId, bool> = HashMap::new();
+    let mut order = Vec::new();
+    for change in batch {
+        let (user, here) = match change {
+            Change::Up(user) => (user, true),
+            Change::Down(user) => (user, false),
+        };
+        if last.insert(user.clone(), here).is_none() {
+            order.push(user);
+        }
+    }
+    let (mut arrived, mut left) = (Vec::new(), Vec::new());
+    for user in order {
+        match (last[&user], local.contains(&user)) {
+            (true, false) => {
+                local.insert(user.clone());
+                arrived.push(user);
+            }
+            (false, true) => {
+                local.remove(&user);
+                left.push(user);
+            }
+            _ => {}
+        }
+    }
+    (arrived, left)
 }
 
 async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<kv::Entry> {
@@ -515,5 +596,48 @@ mod tests {
         let v = r.view("alice", 11_000, 3_000);
         assert!(!v.online);
         assert_eq!(v.last_seen_at.unwrap().timestamp_millis(), 8_000);
+    }
+
+    fn user(id: &str) -> UserId {
+        UserId::parse(id).unwrap()
+    }
+
+    #[test]
+    fn a_batch_settles_to_each_users_last_change() {
+        let (a, b, c, d) = (user("a"), user("b"), user("c"), user("d"));
+        let mut local = HashSet::from([c.clone(), d.clone()]);
+        let (arrived, left) = settle(
+            &mut local,
+            vec![
+                Change::Up(a.clone()),
+                Change::Up(b.clone()),
+                Change::Down(b.clone()),
+                Change::Down(c.clone()),
+                Change::Down(d.clone()),
+                Change::Up(d.clone()),
+                Change::Up(a.clone()),
+            ],
+        );
+        assert_eq!(arrived, vec![a.clone()], "b came and went: nothing to say");
+        assert_eq!(left, vec![c], "d went and came back: still here");
+        assert_eq!(local, HashSet::from([a, d]));
+    }
+
+    #[test]
+    fn a_repeated_change_is_said_once() {
+        let a = user("a");
+        let mut local = HashSet::new();
+        let (arrived, left) = settle(
+            &mut local,
+            vec![Change::Up(a.clone()), Change::Up(a.clone())],
+        );
+        assert_eq!((arrived, left), (vec![a.clone()], vec![]));
+        let (arrived, left) = settle(&mut local, vec![Change::Up(a.clone())]);
+        assert!(arrived.is_empty() && left.is_empty(), "already here");
+        let (arrived, left) = settle(
+            &mut local,
+            vec![Change::Down(a.clone()), Change::Down(a.clone())],
+        );
+        assert_eq!((arrived, left), (vec![], vec![a]));
     }
 }

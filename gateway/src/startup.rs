@@ -58,7 +58,7 @@ impl Application {
             .await
             .map_err(|e| Error::Nats(e.to_string()))?;
         let addr = format!("{}:{}", config.host, config.port);
-        let listener = TcpListener::bind(&addr)
+        let listener = parley_common::http_server::bind(&addr)
             .await
             .map_err(|source| Error::Bind { addr, source })?;
         let subjects = config.nats.prefix.clone();
@@ -180,11 +180,17 @@ impl Application {
             self.exempt,
             async move {
                 shutdown.await;
+                tracing::info!("stopping: not ready, every socket told to drain");
                 readiness.set_draining();
                 draining.cancel();
             },
         )
         .await?;
+        let drain_started = std::time::Instant::now();
+        tracing::info!(
+            sockets = state.sockets.len(),
+            "no longer accepting; waiting for sockets to close"
+        );
         revocations.abort();
         membership.abort();
         keys.abort();
@@ -199,7 +205,13 @@ impl Application {
                 "drain timed out with sockets open"
             );
         }
-        // Presence records this gateway's users gone (it stopped at `draining`).
+        tracing::info!(
+            left = state.sockets.len(),
+            ms = drain_started.elapsed().as_millis() as u64,
+            "sockets closed"
+        );
+        // Presence stopped heartbeating at `draining`: its users stay online for the TTL, time to
+        // reconnect elsewhere unnoticed.
         let _ = presence.await;
         if let Err(e) = self.nats.flush().await {
             tracing::warn!(error = %e, "cannot flush NATS at shutdown");

@@ -341,3 +341,58 @@ async fn nats_killed_and_restarted_under_open_sockets_resyncs_them_and_everythin
         .await;
     assert_eq!(presence["presence"][0]["online"], true, "{presence}");
 }
+
+/// A query that waited in the queue past its deadline is dropped unanswered (its caller has
+/// told its client `unavailable` and the client is retrying), and counted; one still within
+/// it is answered, as is one without a deadline (an older gateway).
+#[tokio::test]
+async fn a_query_past_its_deadline_is_dropped_and_counted() {
+    use parley_common::rpc::{DEADLINE_HEADER, DEADLINE_SLACK_MS, deadline_ms};
+    use parley_common::subjects::{ChatOp, Subjects};
+
+    let env = TestEnv::new().await;
+    let _persistence = env.spawn_persistence().await;
+    let nats = env.nats().await;
+    let subject = Subjects::new(&env.prefix).unwrap().rpc_chat(ChatOp::Sync);
+    let body = json!({"userId": "alice", "conversations": []}).to_string();
+    let now = chrono::Utc::now().timestamp_millis();
+    let late = now - parley_common::rpc::REQUEST_TIMEOUT.as_millis() as i64 - DEADLINE_SLACK_MS - 1;
+    let with_deadline = |deadline: i64| {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(DEADLINE_HEADER, deadline.to_string().as_str());
+        headers
+    };
+
+    // The stale request's answer, if any, would come to this inbox.
+    let inbox = nats.new_inbox();
+    let mut stale_replies = nats.subscribe(inbox.clone()).await.unwrap();
+    nats.publish_with_reply_and_headers(
+        subject.clone(),
+        inbox,
+        with_deadline(deadline_ms(late)),
+        body.clone().into(),
+    )
+    .await
+    .unwrap();
+    // Behind it on the same endpoint: one within its deadline and one with none.
+    for headers in [
+        with_deadline(deadline_ms(now)),
+        async_nats::HeaderMap::new(),
+    ] {
+        let reply = nats
+            .request_with_headers(subject.clone(), headers, body.clone().into())
+            .await
+            .expect("an answer within the deadline");
+        let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    let metrics = parley_common::metrics::encode();
+    assert!(
+        metrics.contains("parley_rpc_requests_shed_total{role=\"parley-persistence\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        futures::FutureExt::now_or_never(futures::StreamExt::next(&mut stale_replies)).is_none(),
+        "the stale request was answered"
+    );
+}
