@@ -143,6 +143,11 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
         "every client to hold the first message",
     )
     .await?;
+    let settled = settle(ctx).await?;
+    eprintln!(
+        "reconnect: system at rest after {:.1} s",
+        settled.as_secs_f64()
+    );
     go.send_replace(true);
     wait_for(
         &progress.second_written,
@@ -355,6 +360,48 @@ async fn live(
         o.error = Some(format!("{e:#}"));
     }
     o
+}
+
+/// CPU of the system under test (every process but the bench) below which it is at rest.
+const REST_CORES: f64 = 0.15;
+/// The longest wait for it.
+const REST_WAIT: Duration = Duration::from_secs(90);
+
+/// Brings the system to where a restart would find it in production, long after its clients
+/// connected: the planner's statistics current (the database was empty a minute ago, and
+/// autovacuum's analyze has not run yet: plans made for empty tables scan them whole) and the
+/// work of the connect phase done (every arrival recorded and announced to its contacts).
+/// Returns how long it took; fails if the system never comes to rest.
+async fn settle(ctx: &Ctx) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        let mut db = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .context("connect to DATABASE_URL to analyze")?;
+        sqlx::raw_sql("analyze")
+            .execute(&mut db)
+            .await
+            .context("analyze")?;
+    }
+    loop {
+        let before = ctx.cpu();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let busy: f64 = ctx
+            .cpu()
+            .cores_since(&before)
+            .iter()
+            .filter(|(process, _)| {
+                process.as_str() != "bench" && !process.starts_with("persistence ")
+            })
+            .map(|(_, cores)| cores)
+            .sum();
+        if busy < REST_CORES {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() > REST_WAIT {
+            bail!("the system did not come to rest within {REST_WAIT:?} (still {busy:.2} cores)");
+        }
+    }
 }
 
 /// A request, tried again after a backoff while the answer is `unavailable` (the protocol's
