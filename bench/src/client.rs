@@ -82,6 +82,49 @@ impl Client {
             .map_err(|_| anyhow!("connect timed out"))?
     }
 
+    /// [`Client::connect`], coming back when a refusal says to (the gateway's connect rate), as
+    /// a real client does, for up to two minutes. `seed` spreads the returns over the second
+    /// that `Retry-After` rounds to.
+    pub async fn connect_as_told(
+        target: &Target,
+        source: IpAddr,
+        token: &str,
+        seed: u64,
+    ) -> anyhow::Result<Client> {
+        let started = std::time::Instant::now();
+        let mut tries = 0;
+        loop {
+            match Self::connect(target, source, token).await {
+                Err(e) if started.elapsed() < Duration::from_secs(120) => {
+                    let Some(wait) = Self::retry_after(&e) else {
+                        return Err(e);
+                    };
+                    tries += 1;
+                    let spread = crate::reconnect::jitter(Duration::from_secs(1), seed + tries);
+                    tokio::time::sleep(wait.saturating_sub(Duration::from_secs(1)) + spread).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// How long the server asked a refused connect to wait (`503`/`429` with `Retry-After`).
+    pub fn retry_after(error: &anyhow::Error) -> Option<Duration> {
+        let response = match error.downcast_ref::<tokio_tungstenite::tungstenite::Error>()? {
+            tokio_tungstenite::tungstenite::Error::Http(response) => response,
+            _ => return None,
+        };
+        let secs: u64 = response
+            .headers()
+            .get("retry-after")?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Duration::from_secs(secs))
+    }
+
     async fn connect_inner(target: &Target, source: IpAddr, token: &str) -> anyhow::Result<Client> {
         let socket = match source {
             IpAddr::V4(_) => TcpSocket::new_v4()?,

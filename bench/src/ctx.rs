@@ -49,7 +49,7 @@ impl Ctx {
                 let token = self.token(user);
                 let source = self.target.source(i);
                 async move {
-                    Client::connect(&self.target, source, &token)
+                    Client::connect_as_told(&self.target, source, &token, i as u64)
                         .await
                         .with_context(|| format!("connect {user} from {source}"))
                 }

@@ -56,6 +56,8 @@ struct Outcome {
     live_duplicates: u64,
     /// Requests answered `unavailable` and tried again, as the protocol asks.
     retries: u64,
+    /// Connects refused with a time to come back (the gateway's connect rate).
+    told_to_wait: u64,
     seen: BTreeSet<i64>,
     error: Option<String>,
 }
@@ -176,9 +178,10 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
 
     let mut times = report::histogram();
     let (mut failed, mut attempts, mut resent, mut recovered, mut dups) = (0, 0, 0, 0, 0);
-    let mut retries = 0;
+    let (mut retries, mut told_to_wait) = (0, 0);
     for o in &outcomes {
         attempts += o.attempts;
+        told_to_wait += o.told_to_wait;
         retries += o.retries;
         resent += u64::from(o.resent);
         recovered += o.recovered;
@@ -217,6 +220,7 @@ pub async fn run(ctx: &mut Ctx, clients: usize, signal: &str) -> anyhow::Result<
         "s",
     );
     report.figure("connect attempts", attempts as f64, "");
+    report.figure("connects told to come back later", told_to_wait as f64, "");
     report.figure("requests retried after unavailable", retries as f64, "");
     report.figure("unacked sends resent", resent as f64, "msgs");
     report.figure("messages recovered by sync", recovered as f64, "msgs");
@@ -302,6 +306,12 @@ async fn live(
             match Client::connect(&target, target.source(peer.n), &peer.token).await {
                 Ok(c) => break c,
                 Err(e) if gone.elapsed() > GIVE_UP => return Err(e.context("reconnect")),
+                // Told when to come back (the gateway's connect rate): then, spread over the
+                // second that Retry-After rounds to.
+                Err(e) if let Some(wait) = Client::retry_after(&e) => {
+                    o.told_to_wait += 1;
+                    delay = wait.saturating_sub(Duration::from_secs(1)) + jitter(Duration::from_secs(1), peer.n as u64 + o.attempts);
+                }
                 Err(_) => {
                     backoff = (backoff * 2).min(BACKOFF_CAP);
                     delay = jitter(backoff, peer.n as u64 + o.attempts);

@@ -64,6 +64,10 @@ pub struct Limits {
     /// Sockets (both transports, and Socket.IO handshakes not yet authenticated) one client
     /// address may hold on one gateway (`PARLEY_MAX_SOCKETS_PER_ADDRESS`, default 200).
     pub max_sockets_per_address: usize,
+    /// New connections (both transports) one gateway admits a second, a second's worth at once
+    /// (`PARLEY_CONNECT_RATE`, default 2,000); past it a connect is answered 503 with
+    /// `Retry-After`.
+    pub connect_rate: u32,
     /// Engine.IO's heartbeat for Socket.IO: a ping this often, to be answered within the write
     /// timeout (`PARLEY_SOCKETIO_PING_SECONDS`, default 25, as Socket.IO's own default).
     pub socketio_ping_interval: Duration,
@@ -89,6 +93,7 @@ impl Default for Limits {
             max_connections_per_user: 20,
             write_timeout: Duration::from_secs(10),
             max_sockets_per_address: 200,
+            connect_rate: 2_000,
             socketio_ping_interval: Duration::from_secs(25),
             max_members: 256,
             trusted_proxies: TrustedProxies::none(),
@@ -116,6 +121,7 @@ impl GatewayConfig {
             max_sockets_per_address: env
                 .parse_or("PARLEY_MAX_SOCKETS_PER_ADDRESS", d.max_sockets_per_address)?,
             max_members: env.parse_or("PARLEY_MAX_MEMBERS", d.max_members)?,
+            connect_rate: env.parse_or("PARLEY_CONNECT_RATE", d.connect_rate)?,
             trusted_proxies: TrustedProxies::from_env(env)?,
             ..d
         };
@@ -128,6 +134,12 @@ impl GatewayConfig {
         if limits.socketio_ping_interval.is_zero() {
             return Err(ConfigError::Invalid {
                 name: "PARLEY_SOCKETIO_PING_SECONDS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if limits.connect_rate == 0 {
+            return Err(ConfigError::Invalid {
+                name: "PARLEY_CONNECT_RATE",
                 reason: "must be at least 1".into(),
             });
         }
@@ -187,4 +199,31 @@ fn presence_ttl(env: &Env) -> Result<Duration, ConfigError> {
         });
     }
     Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        let base = [
+            ("NATS_URL", "nats://127.0.0.1:4222"),
+            ("AUTH_SECRET", "0123456789abcdef0123456789abcdef"),
+        ];
+        Env::from_pairs(base.iter().chain(pairs).map(|(k, v)| (*k, *v)))
+    }
+
+    #[test]
+    fn the_connect_rate_defaults_to_two_thousand_and_must_be_at_least_one() {
+        let config = GatewayConfig::from_env(&env(&[])).expect("defaults");
+        assert_eq!(config.limits.connect_rate, 2_000);
+        let config = GatewayConfig::from_env(&env(&[("PARLEY_CONNECT_RATE", "50")])).unwrap();
+        assert_eq!(config.limits.connect_rate, 50);
+        for bad in ["0", "-1", "lots"] {
+            let err = GatewayConfig::from_env(&env(&[("PARLEY_CONNECT_RATE", bad)]))
+                .err()
+                .unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(err.to_string().contains("PARLEY_CONNECT_RATE"), "{err}");
+        }
+    }
 }

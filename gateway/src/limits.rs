@@ -62,6 +62,74 @@ impl TokenBucket {
     }
 }
 
+/// Admission of new connections on one gateway (`PARLEY_CONNECT_RATE` a second, a second's
+/// worth at once): past it a connect is answered 503 with `Retry-After`, before its token is
+/// verified or anything is subscribed, so a herd of thousands of clients coming back at once is
+/// spread out instead of making everyone, the connected included, wait.
+///
+/// Each refused connect is told a different time to come back: the next free slot at the
+/// admitted rate after those already promised, so the retries arrive spread out as well rather
+/// than together a second later. Promises reach at most [`ConnectGate::HORIZON`] ahead.
+#[derive(Debug)]
+pub struct ConnectGate {
+    /// One connect's share of a second.
+    interval: Duration,
+    /// How far ahead of now admissions may run: the burst.
+    burst: Duration,
+    /// When the admissions so far would have finished at the rate (GCRA's theoretical time).
+    admitted_until: Instant,
+    /// The last slot promised to a refused connect.
+    promised_until: Instant,
+}
+
+impl ConnectGate {
+    /// The furthest a refused connect is told to wait.
+    pub const HORIZON: Duration = Duration::from_secs(30);
+
+    pub fn new_at(rate_per_second: u32, now: Instant) -> Self {
+        let rate = rate_per_second.max(1);
+        Self {
+            interval: Duration::from_secs(1) / rate,
+            burst: Duration::from_secs(1),
+            admitted_until: now,
+            promised_until: now,
+        }
+    }
+
+    /// Admits a connect at `now`, or says how long until it should come back.
+    pub fn admit_at(&mut self, now: Instant) -> Result<(), Duration> {
+        let from = self.admitted_until.max(now);
+        if from < now + self.burst {
+            self.admitted_until = from + self.interval;
+            return Ok(());
+        }
+        // The next slot after the admitted ones and the promises already made.
+        let after = self.promised_until.max(from - self.burst).max(now) + self.interval;
+        let wait = (after - now).min(Self::HORIZON);
+        self.promised_until = now + wait;
+        Err(wait)
+    }
+}
+
+/// [`ConnectGate`] shared by the gateway's handlers: one short lock, no await.
+pub struct Connects(Mutex<ConnectGate>);
+
+impl Connects {
+    pub fn new(rate_per_second: u32) -> Self {
+        Self(Mutex::new(ConnectGate::new_at(
+            rate_per_second,
+            Instant::now(),
+        )))
+    }
+
+    pub fn admit(&self) -> Result<(), Duration> {
+        self.0
+            .lock()
+            .expect("connect gate lock")
+            .admit_at(Instant::now())
+    }
+}
+
 /// The most users whose buckets one gateway keeps by default (about 200 bytes each).
 pub const USER_RATES_CAPACITY: usize = 100_000;
 
@@ -148,6 +216,59 @@ impl UserRates {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn connects_within_the_rate_and_its_burst_are_admitted() {
+        let t0 = Instant::now();
+        let mut gate = ConnectGate::new_at(100, t0);
+        // A second's worth at once.
+        for _ in 0..100 {
+            assert_eq!(gate.admit_at(t0), Ok(()));
+        }
+        assert!(gate.admit_at(t0).is_err(), "past the burst");
+        // A second later, another second's worth.
+        let t1 = t0 + Duration::from_secs(1);
+        for _ in 0..100 {
+            assert_eq!(gate.admit_at(t1), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_herd_is_told_to_come_back_spread_out_at_the_rate() {
+        let t0 = Instant::now();
+        let mut gate = ConnectGate::new_at(100, t0);
+        while gate.admit_at(t0).is_ok() {}
+        let waits: Vec<Duration> = (0..300).map(|_| gate.admit_at(t0).unwrap_err()).collect();
+        assert!(
+            waits.windows(2).all(|w| w[0] < w[1]),
+            "each later than the one before"
+        );
+        // 300 refused at 100 a second: the last comes back about 3 s on (plus the first refusal's
+        // slot), not all at once a second later.
+        let last = *waits.last().unwrap();
+        assert!(
+            last >= Duration::from_millis(3_000) && last <= Duration::from_millis(3_100),
+            "{last:?}"
+        );
+        // When they come back at their times, each is admitted.
+        let mut back: Vec<Instant> = waits.iter().map(|w| t0 + *w).collect();
+        back.sort();
+        for at in back {
+            assert_eq!(gate.admit_at(at), Ok(()), "at {:?}", at - t0);
+        }
+    }
+
+    #[test]
+    fn a_promise_is_never_further_than_the_horizon() {
+        let t0 = Instant::now();
+        let mut gate = ConnectGate::new_at(1, t0);
+        let _ = gate.admit_at(t0);
+        for _ in 0..100 {
+            let wait = gate.admit_at(t0).unwrap_err();
+            assert!(wait <= ConnectGate::HORIZON);
+        }
+    }
+
     use super::*;
     use std::time::Duration;
 

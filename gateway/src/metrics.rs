@@ -56,6 +56,8 @@ pub struct GatewayMetrics {
     pub publish_latency: Histogram,
     /// Stored by persistence to handed to a socket.
     pub deliver_latency: Histogram,
+    /// Connects refused past the connect rate.
+    pub connects_refused: Counter,
 }
 
 impl GatewayMetrics {
@@ -75,6 +77,7 @@ impl GatewayMetrics {
             delivery_latency: latency_histogram(),
             publish_latency: latency_histogram(),
             deliver_latency: latency_histogram(),
+            connects_refused: Counter::default(),
         };
         register(|r| {
             r.register(
@@ -117,8 +120,18 @@ impl GatewayMetrics {
                 "Stage: from a message stored to it handed to a recipient's socket",
                 m.deliver_latency.clone(),
             );
+            r.register(
+                "connects_refused",
+                "Connects answered 503 with Retry-After: past the gateway's connect rate \
+                 (PARLEY_CONNECT_RATE)",
+                m.connects_refused.clone(),
+            );
         });
         m
+    }
+
+    pub fn connect_refused(&self) {
+        self.connects_refused.inc();
     }
 
     pub fn rejected(&self, code: ErrorCode) {

@@ -73,6 +73,37 @@ pub fn rate_limited(wait: Duration) -> Response {
     response
 }
 
+/// 503 `{error: {code: "unavailable", ...}}` with `Retry-After`: a connect past the gateway's
+/// connect rate ([`crate::limits::ConnectGate`]).
+pub fn too_many_connects(wait: Duration) -> Response {
+    let secs = retry_after_secs(wait);
+    let mut response = HttpError(ApiError::new(
+        ErrorCode::Unavailable,
+        format!("too many connections opening: retry in {secs} s"),
+    ))
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    response
+}
+
+/// Middleware on the connect paths (`/ws`, a Socket.IO handshake): a connect past the connect
+/// rate is refused before its token is verified or anything is subscribed for it.
+pub async fn admit_connect(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match state.connects.admit() {
+        Ok(()) => next.run(req).await,
+        Err(wait) => {
+            crate::metrics::GatewayMetrics::get().connect_refused();
+            too_many_connects(wait)
+        }
+    }
+}
+
 /// A wait as `Retry-After` seconds: rounded up (retrying sooner would be refused again), at
 /// least 1 (0 would invite a busy loop).
 fn retry_after_secs(wait: Duration) -> u64 {

@@ -88,6 +88,7 @@ impl Application {
             js,
             addresses: crate::addresses::AddressCounter::new(config.limits.max_sockets_per_address),
             rates: crate::limits::UserRates::from_limits(&config.limits),
+            connects: crate::limits::Connects::new(config.limits.connect_rate),
             limits: config.limits,
             metrics,
             draining: CancellationToken::new(),
@@ -133,7 +134,13 @@ impl Application {
     pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
         let (socketio, _io) = socketio::layer(state.clone());
         Router::new()
-            .route("/ws", get(ws::upgrade))
+            .route(
+                "/ws",
+                get(ws::upgrade).route_layer(axum::middleware::from_fn_with_state(
+                    state.clone(),
+                    rest::admit_connect,
+                )),
+            )
             .merge(http::routes())
             .merge(rest::routes())
             .merge(openapi::routes())

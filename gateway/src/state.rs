@@ -35,6 +35,8 @@ pub struct Shared {
     pub addresses: Arc<AddressCounter>,
     /// Every user's request budget on this gateway, for the HTTP API (and sockets).
     pub rates: UserRates,
+    /// New connections admitted per second ([`crate::limits::ConnectGate`]).
+    pub connects: crate::limits::Connects,
     pub metrics: Arc<GatewayMetrics>,
     /// Cancelled when the gateway drains: every socket says goodbye and closes.
     pub draining: CancellationToken,

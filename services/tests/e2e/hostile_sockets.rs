@@ -461,3 +461,61 @@ async fn a_socket_refreshed_onto_another_session_closes_when_that_session_signs_
     assert!(r.status().is_success(), "{r:?}");
     assert_eq!(socket.closed().await, (4002, "signed out".to_owned()));
 }
+
+/// A herd of connects past the gateway's connect rate (`PARLEY_CONNECT_RATE`, here 1 a second
+/// and a burst of one): those past it are answered 503 `unavailable` before their token is
+/// looked at, each told a later `Retry-After` than the one before, so they come back spread
+/// out; a Socket.IO handshake is held to the same rate; and a refused client that comes back
+/// is let in.
+#[tokio::test]
+async fn connects_past_the_connect_rate_are_told_when_to_come_back_each_later() {
+    let env = TestEnv::with_settings(&[("PARLEY_CONNECT_RATE", "1")]).await;
+    let gw = env.spawn_gateway().await;
+    let upgrade = |user: String| {
+        let url = format!("ws://{}/ws?token={}", gw.addr(), env.token(&user, 600));
+        async move { tokio_tungstenite::connect_async(url).await }
+    };
+    let herd = futures::future::join_all((0..12).map(|i| upgrade(format!("h{i}")))).await;
+    let mut admitted = 0;
+    let mut waits = Vec::new();
+    for attempt in herd {
+        match attempt {
+            Ok(_) => admitted += 1,
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 503);
+                let body: Value =
+                    serde_json::from_slice(r.body().as_deref().unwrap_or_default()).unwrap();
+                assert_eq!(body["error"]["code"], "unavailable", "{body}");
+                let secs: u64 = r.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                waits.push(secs);
+            }
+            Err(e) => panic!("unexpected upgrade failure: {e}"),
+        }
+    }
+    // Twelve at once at one a second: however slow this machine, most wait.
+    assert!(
+        admitted >= 1 && !waits.is_empty(),
+        "admitted {admitted}, refused {waits:?}"
+    );
+    waits.sort_unstable();
+    assert!(waits[0] >= 1, "{waits:?}");
+    assert!(
+        waits.windows(2).all(|w| w[0] < w[1]),
+        "each refusal is told a later time: {waits:?}"
+    );
+    // Socket.IO's handshake opens a session: the same gate.
+    let handshake = reqwest::get(format!(
+        "http://{}/socket.io/?EIO=4&transport=polling",
+        gw.addr()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(handshake.status(), 503);
+    assert!(handshake.headers().contains_key("retry-after"));
+    // Coming back when told, a client is let in.
+    eventually(|| async { upgrade("late".into()).await.ok() }).await;
+}
