@@ -151,9 +151,17 @@ async fn a_browser_registers_signs_in_gets_a_token_from_its_cookie_and_chats() {
 async fn a_browser_connects_with_just_its_session_cookie() {
     let env = TestEnv::new().await;
     let _auth = env.spawn_auth().await;
+    let _persistence = env.spawn_persistence().await;
     let gw = env.spawn_gateway().await;
     let http = browser();
-    register(&http, &gw, "carol").await;
+    let carol = register(&http, &gw, "carol").await["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dave = register(&browser(), &gw, "dave").await["user"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let r = http
         .post(format!("http://{}/api/auth/login", gw.addr()))
         .json(&json!({"username": "carol", "password": "correct horse battery"}))
@@ -174,7 +182,33 @@ async fn a_browser_connects_with_just_its_session_cookie() {
     request
         .headers_mut()
         .insert("cookie", cookie.parse().unwrap());
-    assert!(tokio_tungstenite::connect_async(request).await.is_ok());
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("the cookie alone upgrades");
+    // The socket is carol's: what it opens, carol is a participant of.
+    use futures::{SinkExt, StreamExt};
+    let open = json!({"id": 1, "type": "conversation:open", "data": {"participantIds": [dave]}});
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            open.to_string(),
+        ))
+        .await
+        .unwrap();
+    let reply = loop {
+        let frame = socket.next().await.expect("a reply").unwrap();
+        let Ok(text) = frame.to_text() else { continue };
+        let v: Value = serde_json::from_str(text).unwrap();
+        if v["type"] == "ack" && v["id"] == 1 {
+            break v;
+        }
+    };
+    assert_eq!(reply["data"]["ok"], true, "{reply}");
+    let mut members: Vec<String> =
+        serde_json::from_value(reply["data"]["conversation"]["participantIds"].clone()).unwrap();
+    members.sort();
+    let mut expected = vec![carol, dave];
+    expected.sort();
+    assert_eq!(members, expected);
 }
 
 #[tokio::test]

@@ -237,14 +237,37 @@ async fn a_dm_and_a_group_of_five_agree_for_every_member_and_device() {
         .collect();
     assert_eq!(order, [group.as_str(), dm.as_str()]);
 
-    // A read position never moves back, and a stale receipt says nothing.
+    // A read position never moves back, and a stale receipt says nothing. Commands of one
+    // conversation are applied in order, and its events reach a member in that order: once
+    // alice's next message (sent after bob's stale receipt was accepted) has reached both, the
+    // receipt has been applied, and any event it made would have reached alice before it.
+    let bob_read = |f: &Value| {
+        f["type"] == "message:read"
+            && f["data"]["userId"] == "bob"
+            && f["data"]["conversationId"] == dm.as_str()
+    };
+    alice_phone.discard(bob_read);
     ok(
         &mut bob,
         "message:read",
         json!({"conversationId": dm, "seq": 1}),
     )
     .await;
-    assert_eq!(listed(&mut bob, &dm).await["unreadCount"], 0);
+    let next = alice_phone
+        .send_message(&dm, "after-stale", "one more")
+        .await;
+    assert_eq!(next["ok"], true, "{next}");
+    for c in [&mut alice_phone, &mut bob] {
+        c.wait_for(|f| f["type"] == "message:new" && f["data"]["clientMsgId"] == "after-stale")
+            .await;
+    }
+    assert_eq!(
+        alice_phone.buffered_count_where(bob_read),
+        0,
+        "a stale receipt was announced"
+    );
+    let l = listed(&mut bob, &dm).await;
+    assert_eq!(l["unreadCount"], 1, "only the new message is unread: {l}");
 }
 
 /// The list pages newest first by an opaque cursor, with nothing missed or repeated.
@@ -528,7 +551,21 @@ async fn members_come_and_go_and_a_removed_member_sees_nothing_after() {
         let r = carol.request(event, data).await;
         assert_eq!(r["error"]["code"], "forbidden", "{event} {r}");
     }
-    assert_eq!(carol.buffered_messages(), 0);
+    // Sync point: a group message sent now has reached dave, and after it a message of a DM
+    // carol is in has reached carol; any group message sent her way would have come before.
+    alice.send_message(&group, "m3", "three").await;
+    dave.next_message_is(&group, "m3").await;
+    let carols = alice.open_dm("carol").await;
+    alice
+        .send_message(&carols, "to-carol", "still friends")
+        .await;
+    carol.next_message_is(&carols, "to-carol").await;
+    assert_eq!(
+        carol.buffered_count_where(
+            |f| f["type"] == "message:new" && f["data"]["conversationId"] == group.as_str()
+        ),
+        0
+    );
     // Only groups change members; removing a non-member is not_found.
     let dm = alice.open_dm("bob").await;
     let r = alice
@@ -607,7 +644,16 @@ async fn presence_follows_users_and_a_killed_gateway_takes_its_users_offline() {
     let mut bob = env.connect(&g1, "bob").await;
     bob.open_dm("alice").await;
     bob.open_dm("erin").await;
-    // Strangers read as never seen, whatever they are.
+    // Strangers read as never seen, whatever they are: zed is online (yuri, who shares a
+    // conversation with him, sees it), and bob, who shares none, learns nothing.
+    let mut yuri = env.connect(&g2, "yuri").await;
+    yuri.open_dm("zed").await;
+    let _zed = env.connect(&g2, "zed").await;
+    yuri.wait_for(|f| {
+        f["type"] == "presence" && f["data"]["userId"] == "zed" && f["data"]["online"] == true
+    })
+    .await;
+    assert_eq!(presence(&mut yuri, &["zed"]).await[0]["online"], true);
     let stranger = presence(&mut bob, &["zed"]).await;
     assert_eq!(
         stranger[0],

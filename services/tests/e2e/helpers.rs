@@ -31,12 +31,12 @@ pub const SECRET: &str = "test-secret-that-is-long-enough-0123456789";
 /// A guard against hangs, not a speed assertion.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
-fn server_url() -> String {
+pub fn server_url() -> String {
     std::env::var("PARLEY_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn nats_url() -> String {
+pub fn nats_url() -> String {
     std::env::var("PARLEY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
@@ -271,6 +271,7 @@ impl Drop for TestEnv {
                     let js = async_nats::jetstream::new(client);
                     let _ = js.delete_stream(subjects.stream_in()).await;
                     let _ = js.delete_stream(subjects.stream_dlq()).await;
+                    let _ = js.delete_stream(subjects.presence_stream()).await;
                 }
             });
         });
@@ -296,7 +297,31 @@ pub struct Process {
     stop: CancellationToken,
     done: Option<oneshot::Receiver<()>>,
     addr: Option<SocketAddr>,
+    /// Names this role's threads, so a panic in any of its tasks is traced to it.
+    id: u64,
 }
+
+/// The roles (by [`Process::id`]) in which some task panicked. Tokio catches a task's panic
+/// and the role carries on without it; the test must not.
+fn panicked_roles() -> &'static Mutex<BTreeSet<u64>> {
+    static PANICKED: std::sync::OnceLock<Mutex<BTreeSet<u64>>> = std::sync::OnceLock::new();
+    PANICKED.get_or_init(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let role = std::thread::current()
+                .name()
+                .and_then(|n| n.strip_prefix(ROLE_THREAD))
+                .and_then(|id| id.parse().ok());
+            if let Some(id) = role {
+                panicked_roles().lock().unwrap().insert(id);
+            }
+            default(info);
+        }));
+        Mutex::new(BTreeSet::new())
+    })
+}
+
+const ROLE_THREAD: &str = "parley-role-";
 
 impl Process {
     async fn start<F, Fut>(build: F) -> Process
@@ -304,8 +329,12 @@ impl Process {
         F: FnOnce(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = (Option<SocketAddr>, RoleFuture)> + Send,
     {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        panicked_roles();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
+            .thread_name(format!("{ROLE_THREAD}{id}"))
             .enable_all()
             .build()
             .expect("role runtime");
@@ -328,6 +357,7 @@ impl Process {
             stop,
             done: Some(done_rx),
             addr,
+            id,
         }
     }
 
@@ -348,16 +378,40 @@ impl Process {
 
     /// SIGKILL: every task and connection of the role ends now.
     pub fn kill(mut self) {
+        self.stop.cancel();
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
+        }
+    }
+
+    /// Why the role is dead though the test never stopped it: its run ended or failed, or one
+    /// of its tasks panicked.
+    fn died(&mut self) -> Option<&'static str> {
+        if panicked_roles().lock().unwrap().contains(&self.id) {
+            return Some("a task of the role panicked");
+        }
+        if self.stop.is_cancelled() {
+            return None;
+        }
+        match self.done.as_mut()?.try_recv() {
+            Ok(()) => Some("the role stopped by itself"),
+            Err(oneshot::error::TryRecvError::Closed) => Some("the role failed (its run panicked)"),
+            Err(oneshot::error::TryRecvError::Empty) => None,
         }
     }
 }
 
 impl Drop for Process {
+    /// A role that died during the test fails it (unless the test is failing already).
     fn drop(&mut self) {
+        let died = self.died();
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();
+        }
+        if let Some(why) = died
+            && !std::thread::panicking()
+        {
+            panic!("{why} during the test (see its output above)");
         }
     }
 }
@@ -542,12 +596,26 @@ impl WsClient {
         self.buffered.iter().filter(|f| f["type"] == event).count()
     }
 
-    /// Whatever `message:new` events are already buffered.
-    pub fn buffered_messages(&self) -> usize {
-        self.buffered
-            .iter()
-            .filter(|f| f["type"] == "message:new")
-            .count()
+    /// The sync point of a "nothing else arrived" check: the next `message:new` of
+    /// `conversation` this socket gets is the one with `client_msg_id`, sent after whatever
+    /// must not have arrived (a stray one of the same conversation would come before it).
+    pub async fn next_message_is(&mut self, conversation: &str, client_msg_id: &str) {
+        let next = self.messages(conversation, 1).await;
+        assert_eq!(
+            next[0]["clientMsgId"], client_msg_id,
+            "another message came first: {}",
+            next[0]
+        );
+    }
+
+    /// Drops the buffered frames that match `pred` (frames still on their way are not touched).
+    pub fn discard(&mut self, pred: impl Fn(&Value) -> bool) {
+        self.buffered.retain(|f| !pred(f));
+    }
+
+    /// How many buffered frames match `pred`.
+    pub fn buffered_count_where(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.buffered.iter().filter(|f| pred(f)).count()
     }
 }
 
@@ -713,6 +781,21 @@ pub struct Role {
     child: Child,
     port: u16,
     admin: u16,
+    /// Stopped or killed by the test: its exit is expected.
+    ended: bool,
+}
+
+impl Drop for Role {
+    /// A role that exited during the test though the test never stopped it fails the test.
+    fn drop(&mut self) {
+        if self.ended || std::thread::panicking() {
+            return;
+        }
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("parley exited by itself during the test: {status}");
+        }
+        let _ = self.child.start_kill();
+    }
 }
 
 impl Role {
@@ -727,7 +810,12 @@ impl Role {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("start parley");
-        let role = Role { child, port, admin };
+        let role = Role {
+            child,
+            port,
+            admin,
+            ended: false,
+        };
         role.ready().await;
         role
     }
@@ -762,7 +850,8 @@ impl Role {
             .unwrap()
     }
 
-    pub fn terminate(&self) {
+    pub fn terminate(&mut self) {
+        self.ended = true;
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -773,11 +862,13 @@ impl Role {
 
     /// SIGKILL: the process ends now, mid-batch if it was in one.
     pub async fn kill(mut self) {
+        self.ended = true;
         self.child.start_kill().expect("kill");
         let _ = self.child.wait().await;
     }
 
     pub async fn exited(mut self) -> std::process::ExitStatus {
+        self.ended = true;
         tokio::time::timeout(PATIENCE, self.child.wait())
             .await
             .expect("exited in time")

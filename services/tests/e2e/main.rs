@@ -14,6 +14,7 @@ mod hostile_auth;
 mod hostile_chat;
 mod hostile_edge;
 mod hostile_sockets;
+mod hygiene;
 mod jsclient;
 mod observability;
 mod old_nats;

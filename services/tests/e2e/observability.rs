@@ -386,7 +386,7 @@ async fn sigterm_to_a_gateway_under_steady_sends_loses_nothing() {
         ("PARLEY_SEND_BURST", "100000".to_owned()),
     ];
     let _persistence = Role::start(&env, "persistence", &[]).await;
-    let gw_a = Role::start(&env, "gateway", &fast).await;
+    let mut gw_a = Role::start(&env, "gateway", &fast).await;
     let gw_b = Role::start(&env, "gateway", &fast).await;
     let mut carol = WsClient::connect(gw_b.addr(), &env.token("carol", 600)).await;
     let mut alice = WsClient::connect(gw_a.addr(), &env.token("alice", 600)).await;
@@ -481,6 +481,10 @@ async fn sigterm_to_a_gateway_under_steady_sends_loses_nothing() {
         .map(|f| f["data"]["seq"].as_i64().unwrap())
         .collect();
     eprintln!("bob saw {} live on gateway A", seen.len());
+    assert!(
+        seen.windows(2).all(|w| w[0] < w[1]),
+        "live on A, in order and each once: {seen:?}"
+    );
     let mut bob = WsClient::connect(gw_b.addr(), &env.token("bob", 600)).await;
     let after = seen.iter().copied().max().unwrap_or(0);
     let mut all: Vec<i64> = seen.clone();
@@ -500,15 +504,21 @@ async fn sigterm_to_a_gateway_under_steady_sends_loses_nothing() {
             break;
         }
     }
-    all.sort_unstable();
-    all.dedup();
+    // What he saw live, then what sync gave him: every seq once, in order, with no gap at the
+    // seam.
     assert_eq!(
         all,
         (1..=total as i64).collect::<Vec<_>>(),
-        "bob has every message"
+        "bob has every message, in order, each once"
     );
-    // carol never moved: everything arrived live on B, each seq once.
+    // carol never moved: everything arrived live on B, in seq order, each once...
     let got: Vec<Value> = carol.messages(&group, total as usize).await;
-    let seqs: BTreeSet<i64> = got.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
-    assert_eq!(seqs.len(), total as usize);
+    let seqs: Vec<i64> = got.iter().map(|m| m["seq"].as_i64().unwrap()).collect();
+    assert_eq!(seqs, (1..=total as i64).collect::<Vec<_>>());
+    // ...and nothing after: the next message:new she gets is a last message sent now (a late
+    // duplicate would come before it).
+    let ack = alice.send_message(&group, "last", "the end").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    let next = carol.messages(&group, 1).await;
+    assert_eq!(next[0]["seq"], total as i64 + 1, "{next:?}");
 }

@@ -236,7 +236,7 @@ fn owned_partitions_are_read_from_the_metrics_text() {
 async fn the_partition_count_changes_only_on_an_empty_stream() {
     let env = TestEnv::new().await;
     // The stream made with 16 partitions, and their consumers.
-    let first = Role::start(&env, "persistence", &[]).await;
+    let mut first = Role::start(&env, "persistence", &[]).await;
     first.terminate();
     assert!(first.exited().await.success());
     let js = async_nats::jetstream::new(env.nats().await);

@@ -114,8 +114,21 @@ async fn a_non_participant_cannot_send_to_read_or_sync_a_conversation_and_learns
         1,
         "nothing of mallory's was stored"
     );
-    // And mallory received nothing of the conversation.
-    assert_eq!(mallory.buffered_messages(), 0);
+    // And mallory received nothing of the conversation. Sync point: a message of the
+    // conversation sent now has reached alice, and after it one of mallory's own has reached
+    // mallory; anything of the conversation sent her way would have come before (one
+    // persistence, one connection, events in the order published).
+    alice.send_message(&conv, "secret-2", "still for bob").await;
+    alice.next_message_is(&conv, "secret-2").await;
+    let ack = mallory.send_message(&own, "own-1", "to trent").await;
+    assert_eq!(ack["ok"], true, "{ack}");
+    mallory.next_message_is(&own, "own-1").await;
+    assert_eq!(
+        mallory.buffered_count_where(
+            |f| f["type"] == "message:new" && f["data"]["conversationId"] == conv.as_str()
+        ),
+        0
+    );
 }
 
 #[tokio::test]

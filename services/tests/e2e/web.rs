@@ -80,7 +80,9 @@ async fn two_people_chat_in_real_browsers() {
     let _persistence = env.spawn_persistence().await;
     let _auth = env.spawn_auth().await;
     let gw = env.spawn_gateway().await;
+    // Emptied first: a file from an earlier run must not stand for one this run failed to take.
     let screenshots = root().join("out/screenshots");
+    let _ = std::fs::remove_dir_all(&screenshots);
     std::fs::create_dir_all(&screenshots).unwrap();
     let out = tokio::process::Command::new("node")
         .args(["--test", "--test-reporter=tap", "e2e/chat.test.mjs"])
@@ -104,9 +106,12 @@ async fn two_people_chat_in_real_browsers() {
         "phone-list",
         "phone-conversation",
     ] {
+        let png = std::fs::read(screenshots.join(format!("{shot}.png")))
+            .unwrap_or_else(|e| panic!("{shot}.png: {e}\n{report}"));
         assert!(
-            screenshots.join(format!("{shot}.png")).is_file(),
-            "{shot}.png missing\n{report}"
+            png.len() > 1_000 && png.starts_with(b"\x89PNG\r\n\x1a\n"),
+            "{shot}.png is not a screenshot ({} bytes)",
+            png.len()
         );
     }
 }
