@@ -799,17 +799,25 @@ impl Drop for Role {
 }
 
 impl Role {
+    /// Starts `role` on ports the kernel picks (`PORT=0`, `ADMIN_PORT=0`: no port is chosen
+    /// here and released for another process to take first), reads where it listens from its
+    /// log, and waits until it is ready.
     pub async fn start(env: &TestEnv, role: &str, extra: &[(&str, String)]) -> Role {
-        let (port, admin) = (free_port(), free_port());
-        let mut cmd = env.parley_role(role, port, admin);
+        let mut cmd = env.parley_role(role, 0, 0);
         cmd.env("PARLEY_ACK_WAIT_SECONDS", "3")
             .env("PARLEY_DRAIN_SECONDS", "5")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null());
         for (k, v) in extra {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("start parley");
+        let mut child = cmd.spawn().expect("start parley");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let serves_http = matches!(role, "gateway" | "all");
+        let (port, admin) = tokio::time::timeout(PATIENCE, listening(stdout, serves_http))
+            .await
+            .expect("the role said where it listens in time");
         let role = Role {
             child,
             port,
@@ -874,6 +882,36 @@ impl Role {
             .expect("exited in time")
             .unwrap()
     }
+}
+
+/// Reads a role's JSON log until it has said where it listens: `(port, admin port)` (port 0 for
+/// a role without HTTP). The rest of its output is read and dropped, so the child never blocks
+/// on a full pipe.
+async fn listening(stdout: tokio::process::ChildStdout, serves_http: bool) -> (u16, u16) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let (mut port, mut admin) = (None, None);
+    while port.is_none() && serves_http || admin.is_none() {
+        let line = lines
+            .next_line()
+            .await
+            .expect("read the role's output")
+            .expect("the role exited before it listened");
+        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        let at = v["fields"]["addr"]
+            .as_str()
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .map(|a| a.port());
+        match v["fields"]["message"].as_str() {
+            Some("admin listening") => admin = at,
+            Some("gateway listening") => port = at,
+            _ => {}
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (port.unwrap_or(0), admin.expect("an admin port"))
 }
 
 /// A browser: an HTTP client that keeps cookies between requests.
