@@ -275,6 +275,11 @@ impl<R: Send + 'static> Live<R> {
                 // At the bound of requests in flight, stop reading the client (but keep
                 // writing to it) until one is answered.
                 incoming = codec.recv(), if self.inflight.len() < self.max_inflight => {
+                    // Nothing is served past the token's exp, even when this task is woken by
+                    // the frame before its expiry timer has fired (a busy runtime).
+                    if Instant::now() >= expired.deadline() {
+                        return End::TokenExpired;
+                    }
                     if !matches!(incoming, Incoming::Closed) {
                         last_heard = Instant::now();
                     }

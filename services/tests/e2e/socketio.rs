@@ -43,8 +43,7 @@ async fn the_real_socket_io_client_chats_across_gateways_and_with_ws_users() {
         .env("TOKEN_ALICE", env.token("alice", 600))
         .env("TOKEN_BOB", env.token("bob", 600))
         .env("TOKEN_CAROL", env.token("carol", 600))
-        .env("TOKEN_ALICE_SHORT", env.token("alice", 2))
-        .env("TOKEN_BOB_SHORT", env.token("bob", 2))
+        .env("SECRET", SECRET)
         .env(
             "TOKEN_FORGED",
             token_with("alice", 600, "not-this-servers-secret-00000000"),
