@@ -122,6 +122,9 @@ async fn four_concurrent_senders_get_contiguous_seqs_and_everyone_sees_all_2000(
         )
         .await;
     let conv = reply["conversation"]["id"].as_str().unwrap().to_owned();
+    // A socket that would not read the 2,000 deliveries coming its way goes: it would be
+    // closed as too slow, by design.
+    drop(opener);
 
     // A reader for each user, on alternating gateways.
     let mut readers = Vec::new();
