@@ -68,14 +68,15 @@ fn too_many_members(max: usize) -> ApiError {
     ))
 }
 
-/// `conversation:open`: the caller is a member whether listed or not; two members and no title
-/// is a direct conversation, the same one every time for the same pair; anything else is a new
-/// group. Every member is told `conversation:new` when one is created.
-#[tracing::instrument(skip_all, fields(user = %req.user_id))]
-pub async fn open(ctx: &ChatContext, req: OpenRequest) -> Result<OpenReply, ApiError> {
+/// What `conversation:open` asks for, checked: every member (the caller included), sorted and
+/// each once, and the title trimmed (none when blank). Pure.
+fn open_plan(
+    req: &OpenRequest,
+    max_members: usize,
+) -> Result<(Vec<String>, Option<&str>), ApiError> {
     // Checked before the ids are even collected: a list far over the cap costs nothing more.
-    if req.participant_ids.len() > ctx.max_members {
-        return Err(too_many_members(ctx.max_members));
+    if req.participant_ids.len() > max_members {
+        return Err(too_many_members(max_members));
     }
     let mut members: BTreeSet<&str> = req.participant_ids.iter().map(UserId::as_str).collect();
     members.insert(req.user_id.as_str());
@@ -84,8 +85,8 @@ pub async fn open(ctx: &ChatContext, req: OpenRequest) -> Result<OpenReply, ApiE
             "a conversation needs at least one participant besides you",
         ));
     }
-    if members.len() > ctx.max_members {
-        return Err(too_many_members(ctx.max_members));
+    if members.len() > max_members {
+        return Err(too_many_members(max_members));
     }
     let title = req
         .title
@@ -97,7 +98,42 @@ pub async fn open(ctx: &ChatContext, req: OpenRequest) -> Result<OpenReply, ApiE
             "title is longer than {MAX_TITLE_CHARS} characters"
         )));
     }
-    let members: Vec<String> = members.into_iter().map(str::to_owned).collect();
+    Ok((members.into_iter().map(str::to_owned).collect(), title))
+}
+
+/// What `sync` asks for, checked: each conversation once (its first position), and the page
+/// size within its bounds. Pure.
+fn sync_plan(req: &SyncRequest) -> Result<(Vec<Uuid>, Vec<i64>, u32), ApiError> {
+    if req.conversations.len() > SYNC_MAX_CONVERSATIONS {
+        return Err(ApiError::invalid(format!(
+            "sync may name at most {SYNC_MAX_CONVERSATIONS} conversations"
+        )));
+    }
+    let limit = req
+        .limit
+        .unwrap_or(SYNC_DEFAULT_LIMIT)
+        .clamp(1, SYNC_MAX_LIMIT);
+    let mut ids = Vec::with_capacity(req.conversations.len());
+    let mut afters = Vec::with_capacity(req.conversations.len());
+    let mut seen = std::collections::HashSet::with_capacity(req.conversations.len());
+    for p in &req.conversations {
+        if p.after_seq < 0 {
+            return Err(ApiError::invalid("afterSeq must not be negative"));
+        }
+        if seen.insert(p.conversation_id) {
+            ids.push(p.conversation_id);
+            afters.push(p.after_seq);
+        }
+    }
+    Ok((ids, afters, limit))
+}
+
+/// `conversation:open`: the caller is a member whether listed or not; two members and no title
+/// is a direct conversation, the same one every time for the same pair; anything else is a new
+/// group. Every member is told `conversation:new` when one is created.
+#[tracing::instrument(skip_all, fields(user = %req.user_id))]
+pub async fn open(ctx: &ChatContext, req: OpenRequest) -> Result<OpenReply, ApiError> {
+    let (members, title) = open_plan(&req, ctx.max_members)?;
 
     let mut tx = ctx.pool.begin().await.map_err(Error::from)?;
     let (conversation, created) = if members.len() == 2 && title.is_none() {
@@ -170,26 +206,7 @@ pub async fn history(ctx: &ChatContext, req: HistoryRequest) -> Result<MessagesR
 /// from Postgres, so there is no window after which recovery gives up.
 #[tracing::instrument(skip_all, fields(user = %req.user_id, conversations = req.conversations.len()))]
 pub async fn sync(ctx: &ChatContext, req: SyncRequest) -> Result<SyncReply, ApiError> {
-    if req.conversations.len() > SYNC_MAX_CONVERSATIONS {
-        return Err(ApiError::invalid(format!(
-            "sync may name at most {SYNC_MAX_CONVERSATIONS} conversations"
-        )));
-    }
-    let limit = req
-        .limit
-        .unwrap_or(SYNC_DEFAULT_LIMIT)
-        .clamp(1, SYNC_MAX_LIMIT);
-    let mut ids = Vec::with_capacity(req.conversations.len());
-    let mut afters = Vec::with_capacity(req.conversations.len());
-    for p in &req.conversations {
-        if p.after_seq < 0 {
-            return Err(ApiError::invalid("afterSeq must not be negative"));
-        }
-        if !ids.contains(&p.conversation_id) {
-            ids.push(p.conversation_id);
-            afters.push(p.after_seq);
-        }
-    }
+    let (ids, afters, limit) = sync_plan(&req)?;
     if ids.is_empty() {
         return Ok(SyncReply {
             messages: Vec::new(),
@@ -540,6 +557,106 @@ async fn require_member(
 mod tests {
     use super::*;
     use parley_common::wire::Message;
+
+    fn user(id: &str) -> UserId {
+        UserId::parse(id).unwrap()
+    }
+
+    fn open_req(caller: &str, others: &[&str], title: Option<&str>) -> OpenRequest {
+        OpenRequest {
+            user_id: user(caller),
+            participant_ids: others.iter().map(|u| user(u)).collect(),
+            title: title.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn open_counts_the_caller_once_sorts_members_and_trims_the_title() {
+        let req = open_req(
+            "carol",
+            &["bob", "carol", "alice", "bob"],
+            Some("  plans  "),
+        );
+        let (members, title) = open_plan(&req, 256).unwrap();
+        assert_eq!(members, ["alice", "bob", "carol"]);
+        assert_eq!(title, Some("plans"));
+        let req = open_req("alice", &["bob"], Some("   "));
+        assert_eq!(
+            open_plan(&req, 256).unwrap(),
+            (vec!["alice".into(), "bob".into()], None)
+        );
+    }
+
+    #[test]
+    fn open_refuses_no_one_else_too_many_members_and_a_long_title() {
+        let alone = open_req("alice", &["alice"], None);
+        assert_eq!(open_plan(&alone, 256).unwrap_err().code, ErrorCode::Invalid);
+        // The cap counts the caller: three others and the caller are four.
+        let four = open_req("alice", &["b", "c", "d"], None);
+        assert!(open_plan(&four, 4).is_ok());
+        let err = open_plan(&four, 3).unwrap_err();
+        assert!(err.message.contains("at most 3 members"), "{}", err.message);
+        // A list far over the cap is refused before it is looked at.
+        let many: Vec<String> = (0..10_000).map(|i| format!("u{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert_eq!(
+            open_plan(&open_req("alice", &many, None), 256)
+                .unwrap_err()
+                .code,
+            ErrorCode::Invalid
+        );
+        let at_limit = "t".repeat(MAX_TITLE_CHARS);
+        assert!(open_plan(&open_req("a", &["b"], Some(&at_limit)), 256).is_ok());
+        let over = "é".repeat(MAX_TITLE_CHARS + 1);
+        let err = open_plan(&open_req("a", &["b"], Some(&over)), 256).unwrap_err();
+        assert!(err.message.contains("title"), "{}", err.message);
+    }
+
+    fn sync_req(positions: &[(u128, i64)], limit: Option<u32>) -> SyncRequest {
+        SyncRequest {
+            user_id: user("alice"),
+            conversations: positions
+                .iter()
+                .map(|&(id, after_seq)| parley_common::rpc::SyncPosition {
+                    conversation_id: Uuid::from_u128(id),
+                    after_seq,
+                })
+                .collect(),
+            limit,
+        }
+    }
+
+    #[test]
+    fn sync_takes_each_conversation_once_at_its_first_position_and_bounds_the_page() {
+        let (ids, afters, limit) = sync_plan(&sync_req(&[(1, 5), (2, 0), (1, 9)], None)).unwrap();
+        assert_eq!(ids, [Uuid::from_u128(1), Uuid::from_u128(2)]);
+        assert_eq!(afters, [5, 0]);
+        assert_eq!(limit, SYNC_DEFAULT_LIMIT);
+        assert_eq!(sync_plan(&sync_req(&[(1, 0)], Some(0))).unwrap().2, 1);
+        assert_eq!(
+            sync_plan(&sync_req(&[(1, 0)], Some(u32::MAX))).unwrap().2,
+            SYNC_MAX_LIMIT
+        );
+        assert!(sync_plan(&sync_req(&[], None)).unwrap().0.is_empty());
+    }
+
+    #[test]
+    fn sync_refuses_a_negative_position_and_too_many_conversations() {
+        let err = sync_plan(&sync_req(&[(1, 0), (2, -1)], None)).unwrap_err();
+        assert_eq!(err.code, ErrorCode::Invalid);
+        let at_cap: Vec<(u128, i64)> = (0..SYNC_MAX_CONVERSATIONS as u128)
+            .map(|i| (i, 0))
+            .collect();
+        assert_eq!(
+            sync_plan(&sync_req(&at_cap, None)).unwrap().0.len(),
+            SYNC_MAX_CONVERSATIONS
+        );
+        let over: Vec<(u128, i64)> = (0..=SYNC_MAX_CONVERSATIONS as u128)
+            .map(|i| (i, 0))
+            .collect();
+        let err = sync_plan(&sync_req(&over, None)).unwrap_err();
+        assert!(err.message.contains("at most"), "{}", err.message);
+    }
 
     /// The largest message a gateway lets through at the default content limit, as JSON: every
     /// character one that JSON escapes to six bytes (`\u0001`; refused now, but stored before
