@@ -1,6 +1,7 @@
 "use client";
 import { useEffect, useRef, useState } from "react";
 import { getSocket, request, type ParleySocket } from "./socket.js";
+import { InOrder } from "./order.js";
 import type { Message } from "./types.js";
 
 export interface UseSocketOptions {
@@ -42,74 +43,25 @@ export function useSocket(options: UseSocketOptions = {}): UseSocket {
   useEffect(() => {
     let closed = false;
     let current: ParleySocket | null = null;
-    const lastSeq = new Map<string, number>();
     const getToken = () => (optionsRef.current.getToken ?? fetchToken)();
-
-    // Messages are handed on gap-free: a live message that skips ahead of what was delivered
-    // waits while `sync` fetches the ones in between (they were missed while disconnected, or
-    // are still on their way).
-    const pending = new Map<string, Message[]>();
-    const syncing = new Set<string>();
+    // Every message once, in seq order, live or recovered by sync (src/order.ts).
     let socketForSync: ParleySocket | null = null;
-
-    const emitInOrder = (m: Message) => {
-      const last = lastSeq.get(m.conversationId);
-      if (last !== undefined && m.seq <= last) return; // already delivered
-      lastSeq.set(m.conversationId, m.seq);
-      optionsRef.current.onMessage?.(m);
-    };
-
-    const drain = (conversationId: string) => {
-      const waiting = (pending.get(conversationId) ?? []).sort((a, b) => a.seq - b.seq);
-      pending.delete(conversationId);
-      for (const m of waiting) {
-        const last = lastSeq.get(conversationId) ?? 0;
-        if (m.seq <= last) continue;
-        if (m.seq !== last + 1) {
-          // Still a gap: keep waiting for a sync.
-          pending.set(conversationId, [m, ...(pending.get(conversationId) ?? [])]);
-          continue;
-        }
-        emitInOrder(m);
-      }
-    };
-
-    const catchUpOne = async (conversationId: string) => {
-      const s = socketForSync;
-      if (!s || syncing.has(conversationId)) return;
-      syncing.add(conversationId);
-      let failed = false;
-      try {
-        for (;;) {
-          const afterSeq = lastSeq.get(conversationId) ?? 0;
+    const order = new InOrder(
+      (m) => optionsRef.current.onMessage?.(m),
+      () => {
+        const s = socketForSync;
+        if (!s) return null;
+        return async (conversationId, afterSeq) => {
           const reply = await request(s, "sync", { conversations: [{ conversationId, afterSeq }] });
-          if (!reply.ok) return;
-          reply.messages.forEach(emitInOrder);
-          if (!reply.hasMore) break;
-        }
-      } catch {
-        failed = true; // no answer in time: try again shortly, while connected
-      } finally {
-        syncing.delete(conversationId);
-        drain(conversationId);
-        if (failed && !closed && s.connected) setTimeout(() => void catchUpOne(conversationId), 1_000);
-      }
-    };
-
-    const deliver = (m: Message) => {
-      const last = lastSeq.get(m.conversationId);
-      if (last === undefined || m.seq === last + 1) {
-        emitInOrder(m);
-        drain(m.conversationId);
-      } else if (m.seq > last + 1) {
-        pending.set(m.conversationId, [...(pending.get(m.conversationId) ?? []), m]);
-        void catchUpOne(m.conversationId);
-      }
-    };
-
-    const catchUp = async () => {
-      await Promise.all([...lastSeq.keys()].map((c) => catchUpOne(c)));
-    };
+          return reply.ok ? reply : null;
+        };
+      },
+      (again) => {
+        if (!closed && socketForSync?.connected) setTimeout(again, 1_000);
+      },
+    );
+    const deliver = (m: Message) => order.deliver(m);
+    const catchUp = () => order.catchUp();
 
     const start = async () => {
       let token: string;
