@@ -61,27 +61,20 @@ impl FromRequestParts<AppState> for Limited {
 
 /// 429 `{error: {code: "rate_limited", ...}}` with `Retry-After` in whole seconds, at least 1.
 pub fn rate_limited(wait: Duration) -> Response {
-    let secs = retry_after_secs(wait);
-    let mut response = HttpError(ApiError::new(
-        ErrorCode::RateLimited,
-        format!("too many requests: retry in {secs} s"),
-    ))
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-    response
+    with_retry_after(ErrorCode::RateLimited, "too many requests", wait)
 }
 
 /// 503 `{error: {code: "unavailable", ...}}` with `Retry-After`: a connect past the gateway's
 /// connect rate ([`crate::limits::ConnectGate`]).
 pub fn too_many_connects(wait: Duration) -> Response {
+    with_retry_after(ErrorCode::Unavailable, "too many connections opening", wait)
+}
+
+/// `{error: {code, message: "<what>: retry in N s"}}` with `Retry-After: N`.
+fn with_retry_after(code: ErrorCode, what: &str, wait: Duration) -> Response {
     let secs = retry_after_secs(wait);
-    let mut response = HttpError(ApiError::new(
-        ErrorCode::Unavailable,
-        format!("too many connections opening: retry in {secs} s"),
-    ))
-    .into_response();
+    let mut response =
+        HttpError(ApiError::new(code, format!("{what}: retry in {secs} s"))).into_response();
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
