@@ -374,14 +374,15 @@ async fn live(
 
 /// CPU of the system under test (every process but the bench) below which it is at rest.
 const REST_CORES: f64 = 0.15;
-/// The longest wait for it.
-const REST_WAIT: Duration = Duration::from_secs(90);
+/// The longest wait for it: on a machine that something else keeps busy (a test run beside the
+/// bench) the system never looks at rest, and the restart goes ahead.
+const REST_WAIT: Duration = Duration::from_secs(15);
 
 /// Brings the system to where a restart would find it in production, long after its clients
 /// connected: the planner's statistics current (the database was empty a minute ago, and
 /// autovacuum's analyze has not run yet: plans made for empty tables scan them whole) and the
 /// work of the connect phase done (every arrival recorded and announced to its contacts).
-/// Returns how long it took; fails if the system never comes to rest.
+/// Returns how long it took (at most about [`REST_WAIT`]).
 async fn settle(ctx: &Ctx) -> anyhow::Result<Duration> {
     let started = Instant::now();
     if let Ok(url) = std::env::var("DATABASE_URL") {
@@ -409,7 +410,11 @@ async fn settle(ctx: &Ctx) -> anyhow::Result<Duration> {
             return Ok(started.elapsed());
         }
         if started.elapsed() > REST_WAIT {
-            bail!("the system did not come to rest within {REST_WAIT:?} (still {busy:.2} cores)");
+            eprintln!(
+                "reconnect: the system is not at rest after {REST_WAIT:?} ({busy:.2} cores, perhaps \
+                 from outside it): restarting anyway"
+            );
+            return Ok(started.elapsed());
         }
     }
 }
