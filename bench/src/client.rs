@@ -83,8 +83,7 @@ impl Client {
     }
 
     /// [`Client::connect`], coming back when a refusal says to (the gateway's connect rate), as
-    /// a real client does, for up to two minutes. `seed` spreads the returns over the second
-    /// that `Retry-After` rounds to.
+    /// a real client does, for up to two minutes.
     pub async fn connect_as_told(
         target: &Target,
         source: IpAddr,
@@ -96,20 +95,21 @@ impl Client {
         loop {
             match Self::connect(target, source, token).await {
                 Err(e) if started.elapsed() < Duration::from_secs(120) => {
-                    let Some(wait) = Self::retry_after(&e) else {
+                    tries += 1;
+                    let Some(wait) = Self::told_to_wait(&e, seed + tries) else {
                         return Err(e);
                     };
-                    tries += 1;
-                    let spread = crate::reconnect::jitter(Duration::from_secs(1), seed + tries);
-                    tokio::time::sleep(wait.saturating_sub(Duration::from_secs(1)) + spread).await;
+                    tokio::time::sleep(wait).await;
                 }
                 other => return other,
             }
         }
     }
 
-    /// How long the server asked a refused connect to wait (`503`/`429` with `Retry-After`).
-    pub fn retry_after(error: &anyhow::Error) -> Option<Duration> {
+    /// How long a refused connect waits before it comes back, when the server said
+    /// (`503`/`429` with `Retry-After`): spread by `seed` over the second `Retry-After` rounds
+    /// to, so that the refused do not all come back at once.
+    pub fn told_to_wait(error: &anyhow::Error, seed: u64) -> Option<Duration> {
         let response = match error.downcast_ref::<tokio_tungstenite::tungstenite::Error>()? {
             tokio_tungstenite::tungstenite::Error::Http(response) => response,
             _ => return None,
@@ -122,7 +122,11 @@ impl Client {
             .trim()
             .parse()
             .ok()?;
-        Some(Duration::from_secs(secs))
+        let second = Duration::from_secs(1);
+        Some(
+            Duration::from_secs(secs).saturating_sub(second)
+                + crate::reconnect::jitter(second, seed),
+        )
     }
 
     async fn connect_inner(target: &Target, source: IpAddr, token: &str) -> anyhow::Result<Client> {

@@ -306,11 +306,10 @@ async fn live(
             match Client::connect(&target, target.source(peer.n), &peer.token).await {
                 Ok(c) => break c,
                 Err(e) if gone.elapsed() > GIVE_UP => return Err(e.context("reconnect")),
-                // Told when to come back (the gateway's connect rate): then, spread over the
-                // second that Retry-After rounds to.
-                Err(e) if let Some(wait) = Client::retry_after(&e) => {
+                // Told when to come back (the gateway's connect rate).
+                Err(e) if let Some(wait) = Client::told_to_wait(&e, peer.n as u64 + o.attempts) => {
                     o.told_to_wait += 1;
-                    delay = wait.saturating_sub(Duration::from_secs(1)) + jitter(Duration::from_secs(1), peer.n as u64 + o.attempts);
+                    delay = wait;
                 }
                 Err(_) => {
                     backoff = (backoff * 2).min(BACKOFF_CAP);

@@ -303,6 +303,8 @@ pub fn bad_request(e: &serde_json::Error) -> ApiError {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_request_is_past_its_deadline_only_beyond_the_slack() {
         let deadline = deadline_ms(10_000);
@@ -326,8 +328,6 @@ mod tests {
             "no overflow"
         );
     }
-
-    use super::*;
 
     #[test]
     fn replies_round_trip_through_the_envelope() {

@@ -36,6 +36,12 @@ impl Subjects {
         &self.prefix
     }
 
+    /// The prefix as this prefix's stream, consumer and bucket names carry it: `PARLEY` for the
+    /// default (`PARLEY_IN`, `KV_PARLEY_PRESENCE`).
+    pub fn name_stem(&self) -> &str {
+        &self.upper
+    }
+
     /// `{p}.in.msg.<conversation>`: a send command, into `PARLEY_IN`.
     pub fn in_msg(&self, conversation: Uuid) -> String {
         format!("{}.in.msg.{conversation}", self.prefix)

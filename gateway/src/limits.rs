@@ -216,6 +216,8 @@ impl UserRates {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use std::time::Duration;
 
     #[test]
     fn connects_within_the_rate_and_its_burst_are_admitted() {
@@ -268,9 +270,6 @@ mod tests {
             assert!(wait <= ConnectGate::HORIZON);
         }
     }
-
-    use super::*;
-    use std::time::Duration;
 
     #[test]
     fn a_burst_is_allowed_then_the_rate_refills() {

@@ -273,32 +273,19 @@ impl Presence {
     /// [`Self::up`] for each of `users`, `BEAT_CONCURRENCY` at a time; returns those that
     /// could not be recorded.
     async fn ups(&self, users: &[UserId]) -> Vec<UserId> {
-        let mut failed = Vec::new();
-        let mut pending = futures::stream::FuturesUnordered::new();
-        for user in users {
-            if pending.len() >= BEAT_CONCURRENCY
-                && let Some(Some(user)) = pending.next().await
-            {
-                failed.push(user);
-            }
-            pending.push(async move { (!self.up(user).await).then(|| user.clone()) });
-        }
-        while let Some(user) = pending.next().await {
-            failed.extend(user);
-        }
-        failed
+        futures::stream::iter(users.iter().cloned())
+            .map(|user: UserId| async move { (!self.up(&user).await).then_some(user) })
+            .buffer_unordered(BEAT_CONCURRENCY)
+            .filter_map(std::future::ready)
+            .collect()
+            .await
     }
 
     /// [`Self::down`] for each of `users`, `BEAT_CONCURRENCY` at a time.
     async fn downs(&self, users: &[UserId]) {
-        let mut pending = futures::stream::FuturesUnordered::new();
-        for user in users {
-            if pending.len() >= BEAT_CONCURRENCY {
-                pending.next().await;
-            }
-            pending.push(self.down(user));
-        }
-        while pending.next().await.is_some() {}
+        futures::stream::iter(users)
+            .for_each_concurrent(BEAT_CONCURRENCY, |user| self.down(user))
+            .await;
     }
 
     async fn forget_member(&self, gateway: &str, user: &str) {
@@ -372,8 +359,6 @@ impl Presence {
         true
     }
 
-    /// Tells the contacts of a dead gateway's users they went offline (unless they are still
-    /// connected elsewhere), and removes what the gateway left behind.
     /// Takes the dead gateway out of one user's record; announces the user offline if that
     /// was their last one.
     async fn sweep_user(&self, dead: &str, user: &str) {
@@ -395,6 +380,8 @@ impl Presence {
         }
     }
 
+    /// Tells the contacts of a dead gateway's users they went offline (unless they are still
+    /// connected elsewhere), and removes what the gateway left behind.
     async fn sweep(&self, dead: &str) {
         let filter = format!("{}m.{dead}.*", self.key_prefix);
         let members: Vec<String> = match self.stream.info_with_subjects(&filter).await {
@@ -417,14 +404,9 @@ impl Presence {
             users = members.len(),
             "sweeping a gateway that stopped"
         );
-        let mut pending = futures::stream::FuturesUnordered::new();
-        for user in &members {
-            if pending.len() >= BEAT_CONCURRENCY {
-                pending.next().await;
-            }
-            pending.push(self.sweep_user(dead, user));
-        }
-        while pending.next().await.is_some() {}
+        futures::stream::iter(&members)
+            .for_each_concurrent(BEAT_CONCURRENCY, |user| self.sweep_user(dead, user))
+            .await;
         let _ = self.stream.purge().filter(filter).await;
         let _ = self
             .stream

@@ -64,10 +64,17 @@ pub fn rate_limited(wait: Duration) -> Response {
     with_retry_after(ErrorCode::RateLimited, "too many requests", wait)
 }
 
-/// 503 `{error: {code: "unavailable", ...}}` with `Retry-After`: a connect past the gateway's
-/// connect rate ([`crate::limits::ConnectGate`]).
-pub fn too_many_connects(wait: Duration) -> Response {
-    with_retry_after(ErrorCode::Unavailable, "too many connections opening", wait)
+/// Admits a connect (`/ws`, a Socket.IO handshake) at the gateway's connect rate
+/// ([`crate::limits::ConnectGate`]), or refuses it, counted: the answer is then 503
+/// `{error: {code: "unavailable", ...}}` with `Retry-After`.
+pub fn refuse_connect(state: &AppState) -> Option<Response> {
+    let wait = state.connects.admit().err()?;
+    crate::metrics::GatewayMetrics::get().connect_refused();
+    Some(with_retry_after(
+        ErrorCode::Unavailable,
+        "too many connections opening",
+        wait,
+    ))
 }
 
 /// `{error: {code, message: "<what>: retry in N s"}}` with `Retry-After: N`.
@@ -81,19 +88,16 @@ fn with_retry_after(code: ErrorCode, what: &str, wait: Duration) -> Response {
     response
 }
 
-/// Middleware on the connect paths (`/ws`, a Socket.IO handshake): a connect past the connect
-/// rate is refused before its token is verified or anything is subscribed for it.
-pub async fn admit_connect(
+/// [`refuse_connect`] as middleware on `/ws` (Socket.IO's handshake calls it itself): a connect
+/// past the connect rate is refused before its token is verified or anything is subscribed.
+pub async fn connect_rate(
     axum::extract::State(state): axum::extract::State<AppState>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match state.connects.admit() {
-        Ok(()) => next.run(req).await,
-        Err(wait) => {
-            crate::metrics::GatewayMetrics::get().connect_refused();
-            too_many_connects(wait)
-        }
+    match refuse_connect(&state) {
+        Some(refused) => refused,
+        None => next.run(req).await,
     }
 }
 

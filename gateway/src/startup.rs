@@ -138,7 +138,7 @@ impl Application {
                 "/ws",
                 get(ws::upgrade).route_layer(axum::middleware::from_fn_with_state(
                     state.clone(),
-                    rest::admit_connect,
+                    rest::connect_rate,
                 )),
             )
             .merge(http::routes())

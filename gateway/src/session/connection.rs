@@ -277,11 +277,12 @@ impl<R: Send + 'static> Live<R> {
                 incoming = codec.recv(), if self.inflight.len() < self.max_inflight => {
                     // Nothing is served past the token's exp, even when this task is woken by
                     // the frame before its expiry timer has fired (a busy runtime).
-                    if Instant::now() >= expired.deadline() {
+                    let now = Instant::now();
+                    if now >= expired.deadline() {
                         return End::TokenExpired;
                     }
                     if !matches!(incoming, Incoming::Closed) {
-                        last_heard = Instant::now();
+                        last_heard = now;
                     }
                     // Boxed: a command's future is large and lives only while a frame is
                     // handled; inline, every idle connection's task would carry its space.

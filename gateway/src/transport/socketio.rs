@@ -94,9 +94,8 @@ pub async fn admit_handshake(
         req.headers(),
         &state.limits.trusted_proxies,
     );
-    if opens_session && let Err(wait) = state.connects.admit() {
-        crate::metrics::GatewayMetrics::get().connect_refused();
-        return crate::rest::too_many_connects(wait);
+    if opens_session && let Some(refused) = crate::rest::refuse_connect(&state) {
+        return refused;
     }
     if let (true, Some(client)) = (opens_session, client) {
         let Some(place) = state.addresses.acquire(client) else {

@@ -593,7 +593,14 @@ impl WsClient {
 
     /// How many `event` frames are buffered, unread.
     pub fn buffered_count(&self, event: &str) -> usize {
-        self.buffered.iter().filter(|f| f["type"] == event).count()
+        self.buffered_count_where(|f| f["type"] == event)
+    }
+
+    /// How many `message:new` frames of `conversation` are buffered, unread.
+    pub fn buffered_messages_of(&self, conversation: &str) -> usize {
+        self.buffered_count_where(|f| {
+            f["type"] == "message:new" && f["data"]["conversationId"] == conversation
+        })
     }
 
     /// The sync point of a "nothing else arrived" check: the next `message:new` of

@@ -36,9 +36,10 @@ async fn a_test_leaves_no_database_and_no_stream_behind() {
             .await
             .unwrap(),
     );
-    let ours = prefix.to_ascii_uppercase().replace('-', "_");
+    let subjects = parley_common::subjects::Subjects::new(&prefix).unwrap();
+    let ours = subjects.name_stem();
     let streams: Vec<String> = js.stream_names().try_collect().await.unwrap();
-    let left: Vec<&String> = streams.iter().filter(|s| s.contains(&ours)).collect();
+    let left: Vec<&String> = streams.iter().filter(|s| s.contains(ours)).collect();
     assert!(
         left.is_empty(),
         "streams of prefix {prefix} left behind: {left:?}"

@@ -123,12 +123,7 @@ async fn a_non_participant_cannot_send_to_read_or_sync_a_conversation_and_learns
     let ack = mallory.send_message(&own, "own-1", "to trent").await;
     assert_eq!(ack["ok"], true, "{ack}");
     mallory.next_message_is(&own, "own-1").await;
-    assert_eq!(
-        mallory.buffered_count_where(
-            |f| f["type"] == "message:new" && f["data"]["conversationId"] == conv.as_str()
-        ),
-        0
-    );
+    assert_eq!(mallory.buffered_messages_of(&conv), 0);
 }
 
 #[tokio::test]
