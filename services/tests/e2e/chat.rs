@@ -329,18 +329,13 @@ async fn a_client_away_for_a_thousand_messages_gets_them_all_from_sync() {
 
     // Pipelined, 100 at a time, reading the acks (and the echoes) in between as a live client
     // does: one that stops reading is closed as too slow once its queue is full.
-    for chunk in 0..10 {
-        let ids = chunk * 100..(chunk + 1) * 100;
-        for i in ids.clone() {
-            alice
-                .send_frame(&json!({"type": "message:send", "id": i, "data": {
-                    "conversationId": dm, "clientMsgId": format!("away-{i}"), "content": format!("n{i}")}}))
-                .await;
-        }
-        for i in ids {
-            let ack = alice.wait_for(|f| f["type"] == "ack" && f["id"] == i).await;
-            assert_eq!(ack["data"]["ok"], true, "{ack}");
-        }
+    let acks = alice
+        .send_pipelined(&dm, 0..1000, 100, |i| {
+            (format!("away-{i}"), format!("n{i}"))
+        })
+        .await;
+    for ack in acks {
+        assert_eq!(ack["data"]["ok"], true, "{ack}");
     }
     // All stored (alice hears each one back).
     alice.messages(&dm, 1001).await;

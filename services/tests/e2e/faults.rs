@@ -31,23 +31,14 @@ async fn persistence_killed_mid_stream_and_restarted_stores_every_accepted_messa
     let sender = tokio::spawn({
         let conv = conv.clone();
         async move {
-            let mut accepted = Vec::new();
-            for chunk in 0..TOTAL / 50 {
-                let ids = chunk * 50..(chunk + 1) * 50;
-                for n in ids.clone() {
-                    alice
-                        .send_frame(&json!({"type": "message:send", "id": n, "data": {
-                            "conversationId": conv, "clientMsgId": format!("k{n}"), "content": format!("m{n}")}}))
-                        .await;
-                }
-                for n in ids {
-                    let ack = alice.wait_for(|f| f["type"] == "ack" && f["id"] == n).await;
-                    if ack["data"]["ok"] == true {
-                        accepted.push(n);
-                    }
-                }
-            }
-            accepted
+            let acks = alice
+                .send_pipelined(&conv, 0..TOTAL, 50, |n| (format!("k{n}"), format!("m{n}")))
+                .await;
+            (0..TOTAL)
+                .zip(acks)
+                .filter(|(_, ack)| ack["data"]["ok"] == true)
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
         }
     });
     // Bob reads as a live client does (one that stops reading is dropped once its queue is

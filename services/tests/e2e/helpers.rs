@@ -484,6 +484,33 @@ impl WsClient {
         .await
     }
 
+    /// `message:send` for each of `ids` (the frame's id; `message(n)` gives its clientMsgId and
+    /// content), `window` in flight at a time, reading the acks in between as a live client does
+    /// (one that stops reading is closed as too slow once its queue is full). Returns the ack
+    /// frames, in the order of `ids`.
+    pub async fn send_pipelined(
+        &mut self,
+        conversation: &str,
+        ids: std::ops::Range<usize>,
+        window: usize,
+        message: impl Fn(usize) -> (String, String),
+    ) -> Vec<Value> {
+        let ids: Vec<usize> = ids.collect();
+        let mut acks = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(window) {
+            for &n in chunk {
+                let (client_msg_id, content) = message(n);
+                self.send_frame(&json!({"type": "message:send", "id": n, "data": {
+                    "conversationId": conversation, "clientMsgId": client_msg_id, "content": content}}))
+                    .await;
+            }
+            for &n in chunk {
+                acks.push(self.wait_for(|f| f["type"] == "ack" && f["id"] == n).await);
+            }
+        }
+        acks
+    }
+
     /// Opens a DM with `other`; returns the conversation id.
     pub async fn open_dm(&mut self, other: &str) -> String {
         let reply = self

@@ -150,18 +150,13 @@ async fn four_concurrent_senders_get_contiguous_seqs_and_everyone_sees_all_2000(
         senders.push(tokio::spawn(async move {
             // Pipelined, 50 frames at a time, reading in between as a live client does (one
             // that stops reading is dropped once its queue is full).
-            for chunk in 0..10 {
-                let ids = chunk * 50..(chunk + 1) * 50;
-                for n in ids.clone() {
-                    client
-                        .send_frame(&json!({"type": "message:send", "id": n, "data": {
-                            "conversationId": conv, "clientMsgId": format!("{u}-{n}"), "content": format!("{u} {n}")}}))
-                        .await;
-                }
-                for n in ids {
-                    let ack = client.wait_for(|f| f["type"] == "ack" && f["id"] == n).await;
-                    assert_eq!(ack["data"]["ok"], true, "{ack}");
-                }
+            let acks = client
+                .send_pipelined(&conv, 0..500, 50, |n| {
+                    (format!("{u}-{n}"), format!("{u} {n}"))
+                })
+                .await;
+            for ack in acks {
+                assert_eq!(ack["data"]["ok"], true, "{ack}");
             }
         }));
     }
